@@ -1,0 +1,97 @@
+// Backend: a device kind that runs the model's ops. A backend never reads the file: the runtime hands
+// it weight views into the mapping. Ops are const and may be called concurrently from different
+// sessions; everything per-call lives on the caller's side.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/core/dtype.h"
+#include "runtime/core/status.h"
+
+namespace moerun {
+
+enum class Precision : int { kF32 = 0, kBF16 = 1 };
+
+// A linear weight [rows = out, cols = in] in the file's dtype. F8_E4M3 weights carry an f32 scale
+// grid [ceil(rows/block_rows), ceil(cols/block_cols)] whose row stride is scale_cols.
+struct WeightView {
+  DType dtype = DType::kF32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const float* scale = nullptr;
+  int64_t scale_cols = 0;
+  int32_t block_rows = 0;
+  int32_t block_cols = 0;
+
+  // Dequantised element (reference semantics: float32(w) * scale, MODEL_SPEC §3).
+  float At(int64_t r, int64_t c) const {
+    float v = LoadAsF32(dtype, data, static_cast<size_t>(r * cols + c));
+    if (dtype == DType::kF8E4M3) v *= scale[(r / block_rows) * scale_cols + c / block_cols];
+    return v;
+  }
+};
+
+// The latent KV cache of one layer as attention reads it: pages of page_size rows, each row holds the
+// normalised latent (kv_rank floats) followed by the rotated rope key (rope_dim floats).
+struct LatentCacheView {
+  const float* pool = nullptr;  // [n_pages, page_size, kv_rank + rope_dim]
+  int64_t page_size = 0;
+  int64_t kv_rank = 0;
+  int64_t rope_dim = 0;
+  int64_t row_width() const { return kv_rank + rope_dim; }
+  const float* Row(const int32_t* pages, int64_t position) const {
+    return pool + (static_cast<int64_t>(pages[position / page_size]) * page_size + position % page_size) * row_width();
+  }
+};
+
+// Absorbed-form MLA attention (MODEL_SPEC §4.5) for T query tokens:
+//   s_j = scale · (q_latent[t,h]·ĉ_j + q_rope[t,h]·k^R_j), j < n_keys[t]
+//   out[t,h] = Σ_j softmax(s)_j ĉ_j
+struct MlaAttentionArgs {
+  int64_t n_tokens = 0;
+  int64_t n_heads = 0;
+  const float* q_latent = nullptr;  // [T, H, kv_rank]
+  const float* q_rope = nullptr;    // [T, H, rope_dim], rotated
+  LatentCacheView cache;
+  const int32_t* const* token_pages = nullptr;  // [T] page table of token t's sequence
+  const int32_t* n_keys = nullptr;              // [T] keys visible to token t (its position + 1)
+  float scale = 1.0f;
+  float* out = nullptr;  // [T, H, kv_rank]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual Precision precision() const = 0;
+
+  // Called once per model with every linear weight; may build converted copies (bf16 path).
+  virtual Status PrepareWeights(const std::vector<WeightView>& weights) { return Status::Ok(); }
+
+  // y[m, 0:rows] = W · x[m, 0:cols] for m < M; row strides ldx, ldy (in floats).
+  virtual void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const = 0;
+
+  // y[m] = w ⊙ x[m] / sqrt(mean(x[m]²) + eps), n values per row.
+  virtual void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,
+                       int64_t ldy) const = 0;
+
+  // Interleaved-pair RoPE in place on vectors of 2·half values: x[t, v, :] for v < n_vec, rotated by
+  // angle position[t]·inv_freq[i] with cos/sin scaled by attention_factor.
+  virtual void Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, int64_t stride_vec,
+                    const int32_t* positions, const float* inv_freq, int64_t half, float attention_factor) const = 0;
+
+  // out[i] = silu(gate[i]) · up[i]
+  virtual void SiluMul(const float* gate, const float* up, float* out, int64_t n) const = 0;
+
+  virtual void MlaAttention(const MlaAttentionArgs& args) const = 0;
+};
+
+// Backend registry: "cpu" and "reference" are built in.
+Result<std::unique_ptr<Backend>> CreateBackend(const std::string& name, Precision precision);
+std::vector<std::string> BackendNames();
+
+}  // namespace moerun

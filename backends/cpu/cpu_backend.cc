@@ -1,0 +1,33 @@
+// The CPU backend's factory and its view of the machine.
+#include <new>
+
+#include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/cpu_backend_impl.h"
+#include "runtime/core/log.h"
+
+namespace moerun::cpu {
+
+CpuFeatures CpuFeatures::Detect() {
+  CpuFeatures f;
+  __builtin_cpu_init();
+  // The own kernels use AVX-512 F/BW/VL for loads, masks and byte compares, F16C-class conversions
+  // (part of AVX-512 F for zmm) and FMA. AVX512_BF16 is not needed: products of bf16 values are exact
+  // in f32, so widened FMAs give the same numbers as vdpbf16ps (oneDNN uses it on its own).
+  f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  f.onednn = true;
+  return f;
+}
+
+Result<std::unique_ptr<Backend>> CreateCpuBackend(Precision precision) {
+  if (precision != Precision::kF32 && precision != Precision::kBF16) {
+    return InvalidArgument("cpu backend: unknown precision " + std::to_string(static_cast<int>(precision)));
+  }
+  const CpuFeatures features = CpuFeatures::Detect();
+  std::unique_ptr<Backend> backend(new (std::nothrow) CpuBackend(precision, features));
+  if (!backend) return OutOfMemory("creating the cpu backend");
+  if (!features.avx512) Log(LogLevel::kInfo, "cpu backend: no AVX-512; using scalar kernels");
+  return backend;
+}
+
+}  // namespace moerun::cpu

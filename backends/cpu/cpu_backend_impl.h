@@ -1,0 +1,104 @@
+// CpuBackend, the class behind CreateCpuBackend, and the kernel entry points its op files dispatch
+// to. Internal to backends/cpu/ (and its tests); the runtime only sees the Backend interface.
+//
+// Threading: every op is const and may run concurrently from several sessions. Per-call scratch is
+// thread_local; the two shared mutable structures (the oneDNN primitive cache and the bf16 weight
+// copies) sit behind their own locks.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "backends/backend.h"
+
+namespace moerun::cpu {
+
+// What the machine (or a test) lets the backend use.
+struct CpuFeatures {
+  bool avx512 = false;  // F, BW, VL plus FMA and F16C: the own kernels; scalar code otherwise
+  bool onednn = true;   // route f32 / bf16 GEMMs to oneDNN (off: the own kernels do everything)
+  static CpuFeatures Detect();
+};
+
+struct OnednnState;  // engine + primitive cache, defined in matmul.cc
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(Precision precision, CpuFeatures features);
+  ~CpuBackend() override;
+
+  const char* name() const override { return "cpu"; }
+  Precision precision() const override { return precision_; }
+  const CpuFeatures& features() const { return features_; }
+
+  // bf16 precision only: keeps a bf16 copy of every non-bf16 weight (see matmul.cc for the cost).
+  Status PrepareWeights(const std::vector<WeightView>& weights) override;
+  void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const override;
+  void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,
+               int64_t ldy) const override;
+  void Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, int64_t stride_vec, const int32_t* positions,
+            const float* inv_freq, int64_t half, float attention_factor) const override;
+  void SiluMul(const float* gate, const float* up, float* out, int64_t n) const override;
+  void MlaAttention(const MlaAttentionArgs& args) const override;
+
+  // Bytes held by PrepareWeights copies (for tests and memory reports).
+  int64_t PreparedBytes() const;
+
+ private:
+  struct Bf16Copy {
+    int64_t rows = 0, cols = 0;
+    DType source = DType::kF32;
+    std::unique_ptr<uint16_t[]> data;  // [rows, cols]
+  };
+
+  // Own kernels (AVX-512 or scalar); x already rounded to bf16 when round_bf16.
+  void LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
+                 bool round_bf16) const;
+  void LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
+  const uint16_t* FindBf16Copy(const WeightView& w) const;
+  // False when oneDNN failed (already logged); the caller then runs an own kernel.
+  bool OnednnF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
+  bool OnednnBf16(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t M, float* y,
+                  int64_t ldy) const;
+
+  Precision precision_;
+  CpuFeatures features_;
+  std::unique_ptr<OnednnState> onednn_;  // null when oneDNN is off or failed to start
+
+  mutable std::shared_mutex copies_mu_;
+  std::unordered_map<const void*, Bf16Copy> copies_;  // keyed by WeightView::data
+};
+
+// Check what the kernels rely on; false → Linear logs and writes zeros.
+bool ValidWeight(const WeightView& w);
+bool ValidLinearArgs(const WeightView& w, const float* x, int64_t ldx, int64_t M, const float* y, int64_t ldy);
+
+// Scalar Linear (no AVX-512): round_w rounds weights to bf16 after dequantisation, round_x the
+// activations (the own AVX-512 kernel instead expects x rounded by the caller).
+void LinearScalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy, bool round_w,
+                  bool round_x);
+
+// AVX-512 kernels, defined in matmul_avx512.cc (the only file built with -mavx512*). Call only when
+// CpuFeatures::avx512.
+namespace avx512 {
+
+// y[m, 0:rows] = W x[m]; weights widened to f32 exactly in registers (FP8 times its block scale),
+// then rounded to bf16 when round_bf16. Parallel over output rows with OpenMP.
+void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy, bool round_bf16);
+
+// Rows [r0, r1) of W dequantised and rounded to bf16 (round to nearest even, as F32ToBf16).
+void WeightRowsToBf16(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out);
+
+// n floats rounded to bf16, as bf16 bits or as the f32 values they represent (F32ToBf16 exactly).
+void RoundToBf16Bits(const float* x, int64_t n, uint16_t* out);
+void RoundToBf16Floats(const float* x, int64_t n, float* out);
+
+// e4m3 bytes to f32 with the in-register conversion Linear uses (bit-exact with F8E4M3ToF32).
+void F8E4M3ToF32(const uint8_t* in, int64_t n, float* out);
+
+}  // namespace avx512
+
+}  // namespace moerun::cpu

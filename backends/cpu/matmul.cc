@@ -1,0 +1,400 @@
+// Linear on the CPU: which kernel runs a given call, the oneDNN glue, the bf16 weight copies, and
+// the scalar fallback.
+//
+//   f32 precision:  F32 weights → oneDNN f32 matmul; BF16/F16/F8 → own kernel (weights widened to f32
+//                   in registers, fp32 FMAs), since oneDNN 2.6 has no f32 GEMM with narrow weights.
+//   bf16 precision: x rounded to bf16; bf16 weights (zero-copy from the mapping, or the copy that
+//                   PrepareWeights made) → oneDNN bf16 matmul with f32 output. Small M, and weights
+//                   without a copy, go to the own kernel, which rounds the dequantised weights to bf16
+//                   in registers: same products, fp32 accumulation, same numbers as the reference.
+// oneDNN failures are logged and the call falls back to the own kernel, so Linear always produces.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <string>
+
+#include "backends/cpu/cpu_backend_impl.h"
+#include "runtime/core/log.h"
+
+namespace moerun::cpu {
+
+namespace {
+
+// In bf16 precision, up to this many rows run on the own kernel even when oneDNN could: at decode
+// shapes it streams the weights at memory bandwidth and skips rounding x into a second buffer.
+constexpr int64_t kBf16OwnKernelMaxM = 4;
+// Bound on cached primitives; shapes repeat (one per layer kind and M), so this is rarely reached.
+constexpr size_t kMaxCachedPrimitives = 4096;
+
+void ZeroRows(float* y, int64_t M, int64_t n, int64_t ldy) {
+  for (int64_t m = 0; m < M; ++m) std::memset(y + m * ldy, 0, static_cast<size_t>(n) * sizeof(float));
+}
+
+// Rate-limited: a bad call in a decode loop must not flood the log.
+void LogLimited(std::atomic<int>& budget, LogLevel level, const std::string& message) {
+  if (budget.fetch_sub(1, std::memory_order_relaxed) > 0) Log(level, message);
+}
+
+inline float RoundBf16(float v) { return Bf16ToF32(F32ToBf16(v)); }
+
+// MemAvailable from /proc/meminfo in bytes; 0 when unknown.
+int64_t AvailableMemoryBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit) {
+    if (key == "MemAvailable:") return kb * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
+
+// ---- oneDNN ---------------------------------------------------------------------------------------
+
+struct OnednnState {
+  struct Key {
+    bool bf16;
+    int64_t M, N, K, ldx, ldy;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      size_t h = k.bf16 ? 0x9e3779b97f4a7c15ull : 0;
+      for (int64_t v : {k.M, k.N, k.K, k.ldx, k.ldy}) h = (h ^ static_cast<size_t>(v)) * 0x100000001b3ull;
+      return h;
+    }
+  };
+  struct Entry {
+    bool ok = false;  // false: creation failed once; never retried, the own kernel serves the shape
+    dnnl::matmul prim;
+    dnnl::memory::desc src, wei, dst, scratch;
+  };
+
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  std::mutex mu;
+  std::unordered_map<Key, std::shared_ptr<const Entry>, KeyHash> cache;
+  std::atomic<int> log_budget{20};
+
+  // W is [N, K] row-major, i.e. the {K, N} weights matrix with strides {1, K} ("ba"): used in place.
+  std::shared_ptr<const Entry> Get(const Key& key) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = cache.find(key);
+      if (it != cache.end()) return it->second;
+    }
+    using dt = dnnl::memory::data_type;
+    auto e = std::make_shared<Entry>();
+    try {
+      const dt in = key.bf16 ? dt::bf16 : dt::f32;
+      e->src = dnnl::memory::desc({key.M, key.K}, in, dnnl::memory::dims{key.ldx, 1});
+      e->wei = dnnl::memory::desc({key.K, key.N}, in, dnnl::memory::dims{1, key.K});
+      e->dst = dnnl::memory::desc({key.M, key.N}, dt::f32, dnnl::memory::dims{key.ldy, 1});
+      // User scratchpad: the library-managed one may not be used from a thread other than the one
+      // that created the primitive, and our primitives are shared by every session thread.
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(e->src, e->wei, e->dst), attr, engine);
+      e->scratch = pd.scratchpad_desc();
+      e->prim = dnnl::matmul(pd);
+      e->ok = true;
+    } catch (const std::exception& ex) {
+      LogLimited(log_budget, LogLevel::kWarning,
+                 std::string("cpu backend: oneDNN matmul unavailable for M=") + std::to_string(key.M) +
+                     " N=" + std::to_string(key.N) + " K=" + std::to_string(key.K) + (key.bf16 ? " bf16" : " f32") +
+                     " (" + ex.what() + "); using the own kernel");
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    if (cache.size() >= kMaxCachedPrimitives) cache.clear();  // entries in use stay alive via shared_ptr
+    return cache.emplace(key, std::move(e)).first->second;
+  }
+
+  bool Run(const Key& key, const void* x, const void* w, float* y) {
+    try {
+      std::shared_ptr<const Entry> e = Get(key);
+      if (!e->ok) return false;
+      thread_local std::vector<uint8_t> scratch;
+      const size_t bytes = e->scratch.get_size();
+      if (scratch.size() < bytes) scratch.resize(bytes);
+      dnnl::stream stream(engine);
+      dnnl::memory src(e->src, engine, const_cast<void*>(x));
+      dnnl::memory wei(e->wei, engine, const_cast<void*>(w));
+      dnnl::memory dst(e->dst, engine, y);
+      dnnl::memory sp(e->scratch, engine, scratch.data());
+      e->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
+                               {DNNL_ARG_SCRATCHPAD, sp}});
+      stream.wait();
+      return true;
+    } catch (const std::exception& ex) {
+      LogLimited(log_budget, LogLevel::kWarning,
+                 std::string("cpu backend: oneDNN matmul failed (") + ex.what() + "); using the own kernel");
+      return false;
+    }
+  }
+};
+
+bool CpuBackend::OnednnF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const {
+  return onednn_ && onednn_->Run({false, M, w.rows, w.cols, ldx, ldy}, x, w.data, y);
+}
+
+bool CpuBackend::OnednnBf16(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t M, float* y,
+                            int64_t ldy) const {
+  return onednn_ && onednn_->Run({true, M, N, K, K, ldy}, x, w, y);
+}
+
+// Here rather than in cpu_backend.cc: creating and destroying the oneDNN state needs its definition.
+CpuBackend::CpuBackend(Precision precision, CpuFeatures features) : precision_(precision), features_(features) {
+  if (!features_.onednn) return;
+  try {
+    onednn_ = std::make_unique<OnednnState>();
+  } catch (const std::exception& ex) {
+    Log(LogLevel::kWarning, std::string("cpu backend: oneDNN unavailable (") + ex.what() + "); own kernels only");
+    features_.onednn = false;
+  }
+}
+
+CpuBackend::~CpuBackend() = default;
+
+// ---- dispatch -------------------------------------------------------------------------------------
+
+bool ValidWeight(const WeightView& w) {
+  if (!w.data || w.rows <= 0 || w.cols < 0 || static_cast<int>(w.dtype) > kMaxDType) return false;
+  if (w.dtype == DType::kF8E4M3) {
+    if (!w.scale || w.block_rows <= 0 || w.block_cols <= 0) return false;
+    if (w.scale_cols < static_cast<int64_t>(CeilDiv(static_cast<uint64_t>(w.cols), w.block_cols))) return false;
+  }
+  return true;
+}
+
+bool ValidLinearArgs(const WeightView& w, const float* x, int64_t ldx, int64_t M, const float* y, int64_t ldy) {
+  if (!ValidWeight(w) || !x || !y) return false;
+  return M <= 1 || (ldx >= w.cols && ldy >= w.rows);
+}
+
+void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const {
+  static std::atomic<int> log_budget{20};
+  if (M <= 0 || w.rows == 0) return;
+  if (!ValidLinearArgs(w, x, ldx, M, y, ldy)) {
+    LogLimited(log_budget, LogLevel::kError, "cpu backend: Linear called with an invalid weight view or strides; "
+                                             "output set to zero");
+    if (y && w.rows > 0 && (M == 1 || ldy >= w.rows)) ZeroRows(y, M, w.rows, ldy);
+    return;
+  }
+  if (M == 1) {  // strides are meaningless for one row; normalising them lets oneDNN share primitives
+    ldx = w.cols;
+    ldy = w.rows;
+  }
+  if (w.cols == 0) {
+    ZeroRows(y, M, w.rows, ldy);
+    return;
+  }
+  try {
+    if (precision_ == Precision::kBF16) {
+      LinearBf16(w, x, ldx, M, y, ldy);
+      return;
+    }
+    if (w.dtype == DType::kF32 && OnednnF32(w, x, ldx, M, y, ldy)) return;
+    LinearOwn(w, x, ldx, M, y, ldy, false);
+  } catch (const std::exception& ex) {
+    LogLimited(log_budget, LogLevel::kError, std::string("cpu backend: Linear failed: ") + ex.what());
+    ZeroRows(y, M, w.rows, ldy);
+  }
+}
+
+void CpuBackend::LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
+                           bool round_bf16) const {
+  if (features_.avx512) {
+    avx512::Linear(w, x, ldx, M, y, ldy, round_bf16);
+  } else {
+    LinearScalar(w, x, ldx, M, y, ldy, round_bf16, false);
+  }
+}
+
+void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y,
+                            int64_t ldy) const {
+  const int64_t N = w.rows, K = w.cols;
+  const size_t elems = static_cast<size_t>(M * K);
+  const uint16_t* wb = w.dtype == DType::kBF16 ? static_cast<const uint16_t*>(w.data) : FindBf16Copy(w);
+  // Rounded activations live in per-thread buffers that grow to the largest call seen; if one cannot
+  // grow, the scalar kernel rounds on the fly instead.
+  if (wb && onednn_ && M > kBf16OwnKernelMaxM) {
+    thread_local std::vector<uint16_t> xb;
+    bool have = true;
+    try {
+      if (xb.size() < elems) xb.resize(elems);
+    } catch (const std::exception&) {
+      have = false;
+    }
+    if (have) {
+      uint16_t* xbp = xb.data();
+      const bool avx = features_.avx512;
+#pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
+      for (int64_t m = 0; m < M; ++m) {
+        if (avx) {
+          avx512::RoundToBf16Bits(x + m * ldx, K, xbp + m * K);
+        } else {
+          for (int64_t c = 0; c < K; ++c) xbp[m * K + c] = F32ToBf16(x[m * ldx + c]);
+        }
+      }
+      if (OnednnBf16(wb, N, K, xbp, M, y, ldy)) return;
+    }
+  }
+  // Own kernel; a bf16 copy (exact already) beats rounding the dequantised weights again.
+  WeightView v = w;
+  if (wb && w.dtype != DType::kBF16) {
+    v.dtype = DType::kBF16;
+    v.data = wb;
+    v.scale = nullptr;
+  }
+  const bool round_w = v.dtype != DType::kBF16;
+  if (features_.avx512) {
+    thread_local std::vector<float> xr;
+    bool have = true;
+    try {
+      if (xr.size() < elems) xr.resize(elems);
+    } catch (const std::exception&) {
+      have = false;
+    }
+    if (have) {
+      for (int64_t m = 0; m < M; ++m) avx512::RoundToBf16Floats(x + m * ldx, K, xr.data() + m * K);
+      avx512::Linear(v, xr.data(), K, M, y, ldy, round_w);
+      return;
+    }
+  }
+  LinearScalar(v, x, ldx, M, y, ldy, round_w, true);
+}
+
+// ---- bf16 weight copies -----------------------------------------------------------------------------
+//
+// Memory cost: 2 bytes per parameter of every non-bf16 linear weight, held for the backend's lifetime
+// on top of the mapping (whose pages the kernel may drop once untouched). For an FP8 file that is
+// twice its weight bytes: ~31 GB for DeepSeek-V2-Lite, more than this 24 GB machine has. The copies
+// are therefore limited to 3/4 of MemAvailable at the time of the call; weights beyond that (or whose
+// allocation fails) stay uncopied and run on the own kernel, which rounds their dequantised values to
+// bf16 in registers: same numbers, only slower at large M. Copies are keyed by WeightView::data, so a
+// backend must not outlive the mapping of the model it prepared (a new mapping at the same address
+// with the same shape would be served stale copies).
+
+Status CpuBackend::PrepareWeights(const std::vector<WeightView>& weights) {
+  if (precision_ != Precision::kBF16) return Status::Ok();
+  try {
+    const int64_t available = AvailableMemoryBytes();
+    const int64_t budget = available > 0 ? available / 4 * 3 : INT64_MAX;
+    int64_t used = 0, skipped = 0, skipped_bytes = 0;
+    for (const WeightView& w : weights) {
+      if (w.dtype == DType::kBF16 || w.rows <= 0 || w.cols <= 0) continue;
+      if (!ValidWeight(w)) continue;  // Linear reports it when called
+      if (FindBf16Copy(w)) continue;
+      const int64_t elems = w.rows * w.cols, bytes = elems * 2;
+      std::unique_ptr<uint16_t[]> data;
+      if (used + bytes <= budget) data.reset(new (std::nothrow) uint16_t[static_cast<size_t>(elems)]);
+      if (!data) {
+        ++skipped;
+        skipped_bytes += bytes;
+        continue;
+      }
+      const int64_t chunks = (w.rows + 15) / 16;
+#pragma omp parallel for schedule(static)
+      for (int64_t b = 0; b < chunks; ++b) {
+        const int64_t r0 = b * 16, r1 = std::min(w.rows, r0 + 16);
+        if (features_.avx512) {
+          avx512::WeightRowsToBf16(w, r0, r1, data.get() + r0 * w.cols);
+        } else {
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t c = 0; c < w.cols; ++c) data[r * w.cols + c] = F32ToBf16(w.At(r, c));
+        }
+      }
+      std::unique_lock lock(copies_mu_);
+      copies_[w.data] = Bf16Copy{w.rows, w.cols, w.dtype, std::move(data)};
+      used += bytes;
+    }
+    if (skipped > 0) {
+      Log(LogLevel::kWarning, "cpu backend: " + std::to_string(skipped) + " weights (" +
+                                  std::to_string(skipped_bytes >> 20) +
+                                  " MiB as bf16) left unconverted to stay within memory; they are rounded on the fly");
+    }
+  } catch (const std::exception& ex) {
+    Log(LogLevel::kWarning, std::string("cpu backend: bf16 weight copies incomplete (") + ex.what() +
+                                "); the rest are rounded on the fly");
+  }
+  return Status::Ok();
+}
+
+const uint16_t* CpuBackend::FindBf16Copy(const WeightView& w) const {
+  std::shared_lock lock(copies_mu_);
+  auto it = copies_.find(w.data);
+  if (it == copies_.end() || it->second.rows != w.rows || it->second.cols != w.cols || it->second.source != w.dtype)
+    return nullptr;
+  return it->second.data.get();
+}
+
+int64_t CpuBackend::PreparedBytes() const {
+  std::shared_lock lock(copies_mu_);
+  int64_t total = 0;
+  for (const auto& [key, copy] : copies_) total += copy.rows * copy.cols * 2;
+  return total;
+}
+
+// ---- scalar fallback ----------------------------------------------------------------------------------
+
+void LinearScalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy, bool round_w,
+                  bool round_x) {
+  const int64_t N = w.rows, K = w.cols;
+  constexpr int64_t kRows = 8;
+  const int64_t blocks = (N + kRows - 1) / kRows;
+#pragma omp parallel if (N * K >= (1 << 16))
+  {
+    // Dequantised rows and rounded activations; empty when allocation failed (then element-wise).
+    thread_local std::vector<float> wbuf, xbuf;
+    bool buffered = true;
+    try {
+      if (wbuf.size() < static_cast<size_t>(kRows * K)) wbuf.resize(static_cast<size_t>(kRows * K));
+      if (xbuf.size() < static_cast<size_t>(K)) xbuf.resize(static_cast<size_t>(K));
+    } catch (const std::exception&) {
+      buffered = false;
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kRows, nr = std::min(kRows, N - r0);
+      if (!buffered) {
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t r = r0; r < r0 + nr; ++r) {
+            float acc = 0.0f;
+            for (int64_t c = 0; c < K; ++c) {
+              const float wv = round_w ? RoundBf16(w.At(r, c)) : w.At(r, c);
+              acc += wv * (round_x ? RoundBf16(x[m * ldx + c]) : x[m * ldx + c]);
+            }
+            y[m * ldy + r] = acc;
+          }
+        continue;
+      }
+      for (int64_t i = 0; i < nr; ++i)
+        for (int64_t c = 0; c < K; ++c) {
+          const float v = w.At(r0 + i, c);
+          wbuf[i * K + c] = round_w ? RoundBf16(v) : v;
+        }
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * ldx;
+        if (round_x) {
+          for (int64_t c = 0; c < K; ++c) xbuf[c] = RoundBf16(xm[c]);
+          xm = xbuf.data();
+        }
+        for (int64_t i = 0; i < nr; ++i) {
+          const float* wr = wbuf.data() + i * K;
+          float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t c = 0; c < K; ++c) acc += wr[c] * xm[c];
+          y[m * ldy + r0 + i] = acc;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace moerun::cpu

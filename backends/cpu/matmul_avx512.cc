@@ -1,0 +1,394 @@
+// AVX-512 Linear kernels: weights in their file dtype (f32, bf16, f16, e4m3 + block scales) are
+// widened to f32 in registers, so a decode step reads each weight byte once and nothing is repacked
+// ahead of time.
+//
+// This is the only file built with -mavx512*; it is called only after CpuFeatures::avx512 said yes.
+// It deliberately uses no inline functions or templates from other headers (not even std::min):
+// a COMDAT copy compiled here with AVX-512 could be the one the linker keeps for generic callers.
+#include "backends/cpu/simd_avx512.h"  // first: see there
+#include <omp.h>
+
+#include <new>
+
+#include "backends/cpu/cpu_backend_impl.h"
+
+namespace moerun::cpu::avx512 {
+namespace {
+
+// Up to this many activation rows are dotted straight from the weight stream (decode, small expert
+// batches); more go through the buffered path that converts each weight block once.
+constexpr int64_t kDirectMaxM = 4;
+// Buffered path: 16 rows × 4096 columns of f32 = 256 KiB per thread, which stays in L2 next to a
+// 6-row activation tile while every activation row of the call streams past it.
+constexpr int64_t kBlockRows = 16;
+constexpr int64_t kBlockCols = 4096;
+constexpr int kTileRows = 4;  // weight rows per register tile
+constexpr int kTileM = 6;     // activation rows per register tile: 24 accumulators + 6 + 1 of 32 zmm
+// Below this many weight elements, waking the OpenMP team costs more than it saves.
+constexpr int64_t kMinParallelElems = int64_t{1} << 16;
+
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t RoundUp16(int64_t n) { return (n + 15) & ~int64_t{15}; }
+inline __mmask16 TailMask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+template <DType D>
+constexpr int64_t kElemSize = D == DType::kF32 ? 4 : (D == DType::kF8E4M3 ? 1 : 2);
+
+// e4m3 → f32 × 2^-8, exactly. Shifting the magnitude left by 7 puts e4m3's exponent into f16's
+// exponent field (bias 15 instead of 7) and its mantissa on top of f16's, and e4m3 subnormals land
+// on f16 subnormals, which vcvtph2ps converts exactly. The caller multiplies by 2^8 (folded into the
+// block scale, so the product float32(w) · scale is still rounded once, as the reference does).
+__attribute__((always_inline)) inline __m512 F8x16ToF32Over256(__m128i b) {
+  const __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7),
+                                     _mm256_set1_epi16(static_cast<short>(0xbf80)));
+  const __m512i f = _mm512_castps_si512(_mm512_cvtph_ps(h));
+  // 0x7f / 0xff are NaN in e4m3fn but decode to a finite pattern above: make them ±quiet NaN.
+  const __mmask16 nan = _mm_cmpeq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8(static_cast<char>(0x80))),
+                                            _mm_set1_epi8(static_cast<char>(0xff)));
+  // (f & sign) | qnan on NaN lanes.
+  return _mm512_castsi512_ps(_mm512_mask_ternarylogic_epi32(f, nan, _mm512_set1_epi32(0x7fc00000),
+                                                            _mm512_set1_epi32(static_cast<int>(0x80000000u)), 0xEC));
+}
+
+// 16 weights from `row` at column c as f32 (e4m3: still to be multiplied by 256 · scale).
+template <DType D, bool kMasked>
+__attribute__((always_inline)) inline __m512 LoadW(const void* row, int64_t c, __mmask16 m) {
+  if constexpr (D == DType::kF32) {
+    const float* p = static_cast<const float*>(row) + c;
+    return kMasked ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
+  } else if constexpr (D == DType::kBF16 || D == DType::kF16) {
+    const uint16_t* p = static_cast<const uint16_t*>(row) + c;
+    const __m256i v = kMasked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (D == DType::kF16) return _mm512_cvtph_ps(v);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  } else {
+    const uint8_t* p = static_cast<const uint8_t*>(row) + c;
+    const __m128i b = kMasked ? _mm_maskz_loadu_epi8(m, p) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return F8x16ToF32Over256(b);
+  }
+}
+
+// F32ToBf16 on 16 lanes, as bf16 bits in the high half of each lane (low half zero).
+__attribute__((always_inline)) inline __m512i RoundToBf16Lanes(__m512 v) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m512i r = _mm512_and_si512(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), hi);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(b, hi), _mm512_set1_epi32(0x00400000)));
+}
+
+__attribute__((always_inline)) inline __m512 RoundToBf16(__m512 v) { return _mm512_castsi512_ps(RoundToBf16Lanes(v)); }
+
+template <DType D>
+__attribute__((always_inline)) inline __m512 BlockScale(const WeightView& w, int64_t r, int64_t c) {
+  if constexpr (D == DType::kF8E4M3) {
+    return _mm512_set1_ps(256.0f * w.scale[(r / w.block_rows) * w.scale_cols + c / w.block_cols]);
+  } else {
+    return _mm512_set1_ps(1.0f);
+  }
+}
+
+// End of the run of columns starting at c that share one scale (the whole row unless e4m3).
+template <DType D>
+__attribute__((always_inline)) inline int64_t SegmentEnd(const WeightView& w, int64_t c, int64_t end) {
+  if constexpr (D == DType::kF8E4M3) return Min(end, (c / w.block_cols + 1) * w.block_cols);
+  return end;
+}
+
+inline const void* RowPtr(const WeightView& w, int64_t r, int64_t elem_size) {
+  return static_cast<const char*>(w.data) + r * w.cols * elem_size;
+}
+
+// ---- direct path: R weight rows × C activation rows, weights converted in registers -------------
+
+template <DType D, bool kRound, bool kMasked, int R, int C>
+__attribute__((always_inline)) inline void DirectStep(const void* const* rows, const float* x, int64_t ldx, int64_t c,
+                                                      __mmask16 m, const __m512* sv, __m512 (&acc)[R][C]) {
+  __m512 xv[C];
+#pragma GCC unroll 8
+  for (int j = 0; j < C; ++j) xv[j] = kMasked ? _mm512_maskz_loadu_ps(m, x + j * ldx + c) : _mm512_loadu_ps(x + j * ldx + c);
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    __m512 wv = LoadW<D, kMasked>(rows[i], c, m);
+    if constexpr (D == DType::kF8E4M3) wv = _mm512_mul_ps(wv, sv[i]);
+    if constexpr (kRound) wv = RoundToBf16(wv);
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+  }
+}
+
+template <DType D, bool kRound, int R, int C>
+void DirectTile(const WeightView& w, int64_t r0, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  const int64_t K = w.cols;
+  const void* rows[R];
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    rows[i] = RowPtr(w, r0 + i, kElemSize<D>);
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  for (int64_t c0 = 0; c0 < K;) {
+    const int64_t c1 = SegmentEnd<D>(w, c0, K);
+    __m512 sv[R];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) sv[i] = BlockScale<D>(w, r0 + i, c0);
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) DirectStep<D, kRound, false, R, C>(rows, x, ldx, c, 0xffff, sv, acc);
+    if (c < c1) DirectStep<D, kRound, true, R, C>(rows, x, ldx, c, TailMask(c1 - c), sv, acc);
+    c0 = c1;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) y[j * ldy + r0 + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+template <DType D, bool kRound, int C>
+void DirectRowsC(const WeightView& w, int64_t r0, int64_t nr, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  int64_t i = 0;
+  for (; i + kTileRows <= nr; i += kTileRows) DirectTile<D, kRound, kTileRows, C>(w, r0 + i, x, ldx, y, ldy);
+  for (; i < nr; ++i) DirectTile<D, kRound, 1, C>(w, r0 + i, x, ldx, y, ldy);
+}
+
+// Rows [r0, r0 + nr) for all M activation rows, kDirectMaxM at a time.
+template <DType D, bool kRound>
+void DirectRows(const WeightView& w, int64_t r0, int64_t nr, const float* x, int64_t ldx, int64_t M, float* y,
+                int64_t ldy) {
+  for (int64_t m0 = 0; m0 < M; m0 += kDirectMaxM) {
+    const float* xm = x + m0 * ldx;
+    float* ym = y + m0 * ldy;
+    switch (Min(kDirectMaxM, M - m0)) {
+      case 1: DirectRowsC<D, kRound, 1>(w, r0, nr, xm, ldx, ym, ldy); break;
+      case 2: DirectRowsC<D, kRound, 2>(w, r0, nr, xm, ldx, ym, ldy); break;
+      case 3: DirectRowsC<D, kRound, 3>(w, r0, nr, xm, ldx, ym, ldy); break;
+      default: DirectRowsC<D, kRound, 4>(w, r0, nr, xm, ldx, ym, ldy); break;
+    }
+  }
+}
+
+// ---- buffered path: a weight block converted once to f32, then register-tiled against x ----------
+
+// Rows [r0, r0 + nr), columns [k0, k0 + kc) → buf[nr][ldb], zero-padded to ldb columns.
+template <DType D, bool kRound>
+void ConvertBlock(const WeightView& w, int64_t r0, int64_t nr, int64_t k0, int64_t kc, float* buf, int64_t ldb) {
+  const int64_t kend = k0 + kc;
+  for (int64_t i = 0; i < nr; ++i) {
+    const void* row = RowPtr(w, r0 + i, kElemSize<D>);
+    float* out = buf + i * ldb;
+    for (int64_t c0 = k0; c0 < kend;) {
+      const int64_t c1 = SegmentEnd<D>(w, c0, kend);
+      const __m512 s = BlockScale<D>(w, r0 + i, c0);
+      int64_t c = c0;
+      for (; c + 16 <= c1; c += 16) {
+        __m512 v = LoadW<D, false>(row, c, 0xffff);
+        if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
+        if constexpr (kRound) v = RoundToBf16(v);
+        _mm512_storeu_ps(out + (c - k0), v);
+      }
+      if (c < c1) {
+        const __mmask16 m = TailMask(c1 - c);
+        __m512 v = LoadW<D, true>(row, c, m);
+        if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
+        if constexpr (kRound) v = RoundToBf16(v);
+        _mm512_mask_storeu_ps(out + (c - k0), m, v);
+      }
+      c0 = c1;
+    }
+    for (int64_t c = kc; c < ldb; ++c) out[c] = 0.0f;
+  }
+}
+
+// y[j, i] (+)= buf[i, 0:kc] · x[j, 0:kc] for an R × C tile.
+template <int R, int C>
+void MicroTile(const float* buf, int64_t ldb, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy,
+               bool accumulate) {
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= kc; k += 16) {
+    __m512 xv[C];
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) xv[j] = _mm512_loadu_ps(x + j * ldx + k);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m512 wv = _mm512_loadu_ps(buf + i * ldb + k);
+#pragma GCC unroll 8
+      for (int j = 0; j < C; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  if (k < kc) {
+    const __mmask16 m = TailMask(kc - k);
+    __m512 xv[C];
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) xv[j] = _mm512_maskz_loadu_ps(m, x + j * ldx + k);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m512 wv = _mm512_loadu_ps(buf + i * ldb + k);  // zero-padded
+#pragma GCC unroll 8
+      for (int j = 0; j < C; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) {
+      const float s = _mm512_reduce_add_ps(acc[i][j]);
+      y[j * ldy + i] = accumulate ? y[j * ldy + i] + s : s;
+    }
+}
+
+template <int R>
+void MicroTileC(int64_t C, const float* buf, int64_t ldb, int64_t kc, const float* x, int64_t ldx, float* y,
+                int64_t ldy, bool accumulate) {
+  switch (C) {
+    case 1: MicroTile<R, 1>(buf, ldb, kc, x, ldx, y, ldy, accumulate); break;
+    case 2: MicroTile<R, 2>(buf, ldb, kc, x, ldx, y, ldy, accumulate); break;
+    case 3: MicroTile<R, 3>(buf, ldb, kc, x, ldx, y, ldy, accumulate); break;
+    case 4: MicroTile<R, 4>(buf, ldb, kc, x, ldx, y, ldy, accumulate); break;
+    case 5: MicroTile<R, 5>(buf, ldb, kc, x, ldx, y, ldy, accumulate); break;
+    default: MicroTile<R, kTileM>(buf, ldb, kc, x, ldx, y, ldy, accumulate); break;
+  }
+}
+
+// Per-thread conversion buffer; null when the allocation failed (the caller then goes direct).
+float* ThreadBlockBuffer() {
+  struct Buffer {
+    float* p = nullptr;
+    ~Buffer() { delete[] p; }
+  };
+  thread_local Buffer buffer;
+  if (!buffer.p) buffer.p = new (std::nothrow) float[kBlockRows * kBlockCols];
+  return buffer.p;
+}
+
+template <DType D, bool kRound>
+void BufferedRows(const WeightView& w, int64_t r0, int64_t nr, const float* x, int64_t ldx, int64_t M, float* y,
+                  int64_t ldy, float* buf) {
+  const int64_t K = w.cols;
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockCols) {
+    const int64_t kc = Min(kBlockCols, K - k0);
+    const int64_t ldb = RoundUp16(kc);
+    ConvertBlock<D, kRound>(w, r0, nr, k0, kc, buf, ldb);
+    for (int64_t m0 = 0; m0 < M; m0 += kTileM) {
+      const int64_t C = Min(kTileM, M - m0);
+      const float* xm = x + m0 * ldx + k0;
+      float* ym = y + m0 * ldy + r0;
+      int64_t i = 0;
+      for (; i + kTileRows <= nr; i += kTileRows)
+        MicroTileC<kTileRows>(C, buf + i * ldb, ldb, kc, xm, ldx, ym + i, ldy, k0 > 0);
+      for (; i < nr; ++i) MicroTileC<1>(C, buf + i * ldb, ldb, kc, xm, ldx, ym + i, ldy, k0 > 0);
+    }
+  }
+}
+
+template <DType D, bool kRound>
+void LinearTyped(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+  const int64_t N = w.rows;
+  const bool parallel = N * w.cols * (M < 8 ? 1 : 4) >= kMinParallelElems;
+  if (M <= kDirectMaxM) {
+    // Row tiles in static chunks: each thread streams its own contiguous share of the weight rows.
+    const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = t * kTileRows;
+      DirectRows<D, kRound>(w, r0, Min(kTileRows, N - r0), x, ldx, M, y, ldy);
+    }
+    return;
+  }
+  const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+#pragma omp parallel if (parallel)
+  {
+    float* buf = ThreadBlockBuffer();
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kBlockRows, nr = Min(kBlockRows, N - r0);
+      if (buf) {
+        BufferedRows<D, kRound>(w, r0, nr, x, ldx, M, y, ldy, buf);
+      } else {
+        DirectRows<D, kRound>(w, r0, nr, x, ldx, M, y, ldy);
+      }
+    }
+  }
+}
+
+template <bool kRound>
+void LinearRound(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+  switch (w.dtype) {
+    case DType::kF32: LinearTyped<DType::kF32, kRound>(w, x, ldx, M, y, ldy); break;
+    case DType::kBF16: LinearTyped<DType::kBF16, kRound>(w, x, ldx, M, y, ldy); break;
+    case DType::kF16: LinearTyped<DType::kF16, kRound>(w, x, ldx, M, y, ldy); break;
+    case DType::kF8E4M3: LinearTyped<DType::kF8E4M3, kRound>(w, x, ldx, M, y, ldy); break;
+  }
+}
+
+template <DType D>
+void RowsToBf16Typed(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out) {
+  const int64_t K = w.cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* row = RowPtr(w, r, kElemSize<D>);
+    uint16_t* o = out + (r - r0) * K;
+    for (int64_t c0 = 0; c0 < K;) {
+      const int64_t c1 = SegmentEnd<D>(w, c0, K);
+      const __m512 s = BlockScale<D>(w, r, c0);
+      for (int64_t c = c0; c < c1; c += 16) {
+        const __mmask16 m = TailMask(c1 - c);
+        __m512 v = LoadW<D, true>(row, c, m);
+        if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
+        const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(RoundToBf16Lanes(v), 16));
+        _mm256_mask_storeu_epi16(o + c, m, h);
+      }
+      c0 = c1;
+    }
+  }
+}
+
+}  // namespace
+
+void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy, bool round_bf16) {
+  if (round_bf16) {
+    LinearRound<true>(w, x, ldx, M, y, ldy);
+  } else {
+    LinearRound<false>(w, x, ldx, M, y, ldy);
+  }
+}
+
+void WeightRowsToBf16(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out) {
+  switch (w.dtype) {
+    case DType::kF32: RowsToBf16Typed<DType::kF32>(w, r0, r1, out); break;
+    case DType::kBF16: RowsToBf16Typed<DType::kBF16>(w, r0, r1, out); break;
+    case DType::kF16: RowsToBf16Typed<DType::kF16>(w, r0, r1, out); break;
+    case DType::kF8E4M3: RowsToBf16Typed<DType::kF8E4M3>(w, r0, r1, out); break;
+  }
+}
+
+void RoundToBf16Bits(const float* x, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = TailMask(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    _mm256_mask_storeu_epi16(out + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(RoundToBf16Lanes(v), 16)));
+  }
+}
+
+void RoundToBf16Floats(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = TailMask(n - i);
+    _mm512_mask_storeu_ps(out + i, m, RoundToBf16(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+void F8E4M3ToF32(const uint8_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = TailMask(n - i);
+    const __m512 v = LoadW<DType::kF8E4M3, true>(in, i, m);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(v, _mm512_set1_ps(256.0f)));
+  }
+}
+
+}  // namespace moerun::cpu::avx512

@@ -1,0 +1,38 @@
+#include <cmath>
+#include <vector>
+
+#include "backends/reference/reference_backend.h"
+
+namespace moerun::reference {
+
+void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
+  const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim;
+  std::vector<double> scores;
+  for (int64_t t = 0; t < a.n_tokens; ++t) {
+    const int64_t n = a.n_keys[t];
+    scores.assign(static_cast<size_t>(n), 0.0);
+    for (int64_t h = 0; h < a.n_heads; ++h) {
+      const float* ql = a.q_latent + (t * a.n_heads + h) * R;
+      const float* qr = a.q_rope + (t * a.n_heads + h) * P;
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        const float* row = a.cache.Row(a.token_pages[t], j);
+        double s = 0.0;
+        for (int64_t i = 0; i < R; ++i) s += static_cast<double>(ql[i]) * row[i];
+        for (int64_t i = 0; i < P; ++i) s += static_cast<double>(qr[i]) * row[R + i];
+        scores[j] = s * a.scale;
+        mx = std::max(mx, scores[j]);
+      }
+      double sum = 0.0;
+      for (int64_t j = 0; j < n; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+      float* o = a.out + (t * a.n_heads + h) * R;
+      for (int64_t i = 0; i < R; ++i) {
+        double acc = 0.0;
+        for (int64_t j = 0; j < n; ++j) acc += scores[j] * a.cache.Row(a.token_pages[t], j)[i];
+        o[i] = static_cast<float>(acc / sum);
+      }
+    }
+  }
+}
+
+}  // namespace moerun::reference

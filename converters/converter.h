@@ -1,0 +1,36 @@
+// Public entry point of the converter library: a Hugging Face DeepSeek-V2/V3 checkpoint folder in,
+// one .moerun file out. The converter streams: it never holds more than a few chunks of the largest
+// tensor in memory, and the output appears under `out_path` only when it is complete (written to a
+// temporary file, renamed on success, removed on any failure).
+#pragma once
+
+#include <string>
+
+#include "runtime/core/status.h"
+
+namespace moerun::convert {
+
+// How weights are stored in the output.
+//  kKeep: linear weights keep the checkpoint dtype (bf16 / f16 / f32, or FP8 e4m3 with its f32
+//         128x128 block scales); the MLA absorption split of an FP8 kv_b_proj becomes f32.
+//  kBF16: every linear weight, the embedding table and the LM head become bf16 (FP8 dequantised in
+//         f32, then rounded to nearest even).
+//  kF32:  everything f32.
+// Norm weights, the router and its correction bias are f32 in every mode.
+enum class WeightsMode { kKeep, kBF16, kF32 };
+
+struct ConvertOptions {
+  WeightsMode weights = WeightsMode::kKeep;
+  bool progress = false;  // progress bar on stderr (only drawn when stderr is a terminal)
+};
+
+// Errors name the file and tensor at fault: kIo (unreadable input, unwritable output),
+// kCorruptFile (malformed safetensors / JSON), kInvalidArgument (missing, unexpected or mis-shaped
+// tensors, bad config values), kUnsupported (architectures, dtypes or settings this runtime lacks).
+Status ConvertHfCheckpoint(const std::string& hf_dir, const std::string& out_path, const ConvertOptions& options);
+
+// "keep" | "bf16" | "f32".
+Result<WeightsMode> ParseWeightsMode(const std::string& text);
+const char* WeightsModeName(WeightsMode mode);
+
+}  // namespace moerun::convert

@@ -1,0 +1,110 @@
+// Element types and scalar conversions shared by the converter, the runtime and every backend.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string_view>
+
+namespace moerun {
+
+enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2, kF8E4M3 = 3 };
+
+constexpr int kMaxDType = 3;
+
+inline size_t DTypeSize(DType t) {
+  switch (t) {
+    case DType::kF32: return 4;
+    case DType::kBF16: return 2;
+    case DType::kF16: return 2;
+    case DType::kF8E4M3: return 1;
+  }
+  return 0;
+}
+
+inline const char* DTypeName(DType t) {
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kBF16: return "bf16";
+    case DType::kF16: return "f16";
+    case DType::kF8E4M3: return "f8_e4m3";
+  }
+  return "unknown";
+}
+
+inline float Bf16ToF32(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Round to nearest even; NaN stays NaN.
+inline uint16_t F32ToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float F16ToF32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  float f;
+  if (exp == 0) {
+    f = std::ldexp(static_cast<float>(man), -24);
+  } else if (exp == 31) {
+    f = man ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  } else {
+    f = std::ldexp(static_cast<float>(man | 0x400u), static_cast<int>(exp) - 25);
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits |= sign;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// float8_e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; no infinities; 0x7f/0xff are NaN; max 448.
+inline float F8E4M3ToF32(uint8_t v) {
+  const uint32_t sign = v >> 7;
+  const uint32_t exp = (v >> 3) & 0xfu;
+  const uint32_t man = v & 0x7u;
+  float f;
+  if (exp == 0xf && man == 0x7) {
+    f = std::numeric_limits<float>::quiet_NaN();
+  } else if (exp == 0) {
+    f = std::ldexp(static_cast<float>(man), -9);
+  } else {
+    f = std::ldexp(static_cast<float>(man | 0x8u), static_cast<int>(exp) - 10);
+  }
+  return sign ? -f : f;
+}
+
+// Lookup table form used by kernels (256 entries, built once).
+const float* F8E4M3Table();
+
+inline float LoadAsF32(DType t, const void* base, size_t index) {
+  switch (t) {
+    case DType::kF32: return static_cast<const float*>(base)[index];
+    case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(base)[index]);
+    case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(base)[index]);
+    case DType::kF8E4M3: return F8E4M3ToF32(static_cast<const uint8_t*>(base)[index]);
+  }
+  return 0.0f;
+}
+
+// Checked arithmetic for sizes computed from untrusted input.
+inline bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+inline bool CheckedAdd(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_add_overflow(a, b, out); }
+
+inline uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+inline uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+uint32_t Crc32c(const void* data, size_t size, uint32_t crc = 0);
+
+}  // namespace moerun

@@ -1,0 +1,199 @@
+// The forward pass: walks the graph's nodes over activation buffers [T, D]. Each node runs its ops on
+// the model's backend; routing runs here in fp32.
+#include <cstring>
+
+#include "runtime/exec/session.h"
+#include "runtime/moe/router.h"
+
+namespace moerun {
+namespace {
+
+// Inner norms (q_a_layernorm, kv_a_layernorm) use transformers' default eps, not rms_norm_eps.
+constexpr float kInnerNormEps = 1e-6f;
+
+enum ScratchSlot : size_t {
+  kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kGate, kUp, kGathered, kExpertOut, kRouterLogits, kRouteScratch,
+  kNormedLatent,
+};
+
+void EmbeddingRow(const EmbeddingTable& t, int64_t id, float* out) {
+  const uint64_t base = static_cast<uint64_t>(id) * t.cols;
+  for (int64_t i = 0; i < t.cols; ++i) out[i] = LoadAsF32(t.dtype, t.data, base + i);
+}
+
+}  // namespace
+
+float* Session::Scratch(size_t slot, size_t floats) {
+  std::vector<float>& v = scratch_[slot];
+  if (v.size() < floats) v.resize(floats);  // may throw bad_alloc: Decode turns it into a status
+  return v.data();
+}
+
+void Session::Forward(int64_t T) {
+  const ModelConfig& c = model_->config();
+  const Backend& be = model_->backend();
+  const int64_t D = c.hidden_size;
+  for (const GraphNode& n : model_->nodes()) {
+    float* in = buffers_[n.in].data();
+    float* out = buffers_[n.out].data();
+    switch (n.op) {
+      case fb::Op::Embedding:
+        for (int64_t t = 0; t < T; ++t) EmbeddingRow(n.table, tokens_[t], out + t * D);
+        break;
+      case fb::Op::RMSNorm:
+        be.RmsNorm(in, D, n.norm, D, T, c.rms_norm_eps, out, D);
+        break;
+      case fb::Op::MlaAttention:
+        RunMla(n, in, out, T);
+        break;
+      case fb::Op::DenseMlp:
+        RunMlp(*n.mlp, in, out, T);
+        break;
+      case fb::Op::Moe:
+        RunMoe(*n.moe, in, out, T);
+        break;
+      case fb::Op::ResidualAdd:
+        for (int64_t i = 0; i < T * D; ++i) out[i] += in[i];
+        break;
+      case fb::Op::LmHead:
+        RunLmHead(n, in, T);
+        break;
+      case fb::Op::MtpProject:
+        break;  // never in the main graph (checked at load)
+    }
+  }
+}
+
+void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
+  const ModelConfig& c = model_->config();
+  const Backend& be = model_->backend();
+  const MlaWeights& w = *n.mla;
+  const int64_t D = c.hidden_size, H = c.num_heads, qk = c.qk_head_dim(), dn = c.qk_nope_head_dim;
+  const int64_t dr = c.qk_rope_head_dim, R = c.kv_lora_rank, dv = c.v_head_dim;
+  const int64_t half = dr / 2;
+  const float* inv_freq = model_->rope_inv_freq().data();
+  const float af = model_->rope_attention_factor();
+
+  // Query: [T, H, d_qk], rope part rotated in place.
+  float* q = Scratch(kQ, T * H * qk);
+  if (w.q_lora) {
+    const int64_t rq = c.q_lora_rank;
+    float* cq = Scratch(kCq, T * rq);
+    be.Linear(w.q_a, x, D, T, cq, rq);
+    be.RmsNorm(cq, rq, w.q_a_norm, rq, T, kInnerNormEps, cq, rq);
+    be.Linear(w.q_b, cq, rq, T, q, H * qk);
+  } else {
+    be.Linear(w.q_proj, x, D, T, q, H * qk);
+  }
+  be.Rope(q + dn, T, H, H * qk, qk, positions_.data(), inv_freq, half, af);
+
+  // Keys: normalised latent and rotated rope key go straight into the cache.
+  const int64_t W = R + dr;
+  float* kv = Scratch(kKv, T * W);
+  be.Linear(w.kv_a, x, D, T, kv, W);
+  be.RmsNorm(kv, W, w.kv_a_norm, R, T, kInnerNormEps, kv, W);
+  be.Rope(kv + R, T, 1, W, dr, positions_.data(), inv_freq, half, af);
+  for (int64_t t = 0; t < T; ++t) std::memcpy(cache_.Row(n.layer, seq_of_[t], positions_[t]), kv + t * W, W * sizeof(float));
+
+  // Absorbed query: q_latent[t, h] = W_UK^hᵀ q^N[t, h]; q_rope packed per head.
+  float* q_lat = Scratch(kQLatent, T * H * R);
+  float* q_rope = Scratch(kQRope, T * H * dr);
+  for (int64_t h = 0; h < H; ++h) be.Linear(w.uk_t.At(h), q + h * qk, H * qk, T, q_lat + h * R, H * R);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(q_rope + (t * H + h) * dr, q + t * H * qk + h * qk + dn, dr * sizeof(float));
+
+  MlaAttentionArgs a;
+  a.n_tokens = T;
+  a.n_heads = H;
+  a.q_latent = q_lat;
+  a.q_rope = q_rope;
+  a.cache = cache_.View(n.layer);
+  a.token_pages = token_pages_.data();
+  a.n_keys = n_keys_.data();
+  a.scale = model_->softmax_scale();
+  a.out = Scratch(kAttnOut, T * H * R);
+  be.MlaAttention(a);
+
+  // Values: o[t, h] = W_UV^h ō[t, h], heads concatenated, then o_proj.
+  float* heads = Scratch(kHeads, T * H * dv);
+  for (int64_t h = 0; h < H; ++h) be.Linear(w.uv.At(h), a.out + h * R, H * R, T, heads + h * dv, H * dv);
+  be.Linear(w.o, heads, H * dv, T, y, D);
+}
+
+void Session::RunMlp(const MlpWeights& w, const float* x, float* y, int64_t T) {
+  const Backend& be = model_->backend();
+  const int64_t D = w.gate.cols, I = w.gate.rows;
+  float* g = Scratch(kGate, T * I);
+  float* u = Scratch(kUp, T * I);
+  be.Linear(w.gate, x, D, T, g, I);
+  be.Linear(w.up, x, D, T, u, I);
+  be.SiluMul(g, u, g, T * I);
+  be.Linear(w.down, g, I, T, y, D);
+}
+
+void Session::RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T) {
+  const ModelConfig& c = model_->config();
+  const Backend& be = model_->backend();
+  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, I = c.moe_intermediate_size;
+
+  // Routing in fp32 whatever the compute precision.
+  float* logits = Scratch(kRouterLogits, T * E);
+  RouterLogits(x, T, D, w.router, E, logits);
+  route_experts_.resize(static_cast<size_t>(T * K));
+  route_weights_.resize(static_cast<size_t>(T * K));
+  float* route_scratch = Scratch(kRouteScratch, 2 * (E + c.n_group));
+  for (auto& v : expert_tokens_) v.clear();
+  for (auto& v : expert_weights_) v.clear();
+  for (int64_t t = 0; t < T; ++t) {
+    RouteToken(c, logits + t * E, w.bias, route_scratch, &route_experts_[t * K], &route_weights_[t * K]);
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t e = route_experts_[t * K + k];
+      expert_tokens_[e].push_back(static_cast<int32_t>(t));
+      expert_weights_[e].push_back(route_weights_[t * K + k]);
+    }
+  }
+
+  // Shared experts first (they write y), then every routed expert adds its weighted output.
+  if (w.has_shared) {
+    RunMlp(w.shared, x, y, T);
+  } else {
+    std::memset(y, 0, static_cast<size_t>(T * D) * sizeof(float));
+  }
+  // Tokens grouped by expert: each selected expert's weights are read once per batch.
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& toks = expert_tokens_[e];
+    const int64_t m = static_cast<int64_t>(toks.size());
+    if (m == 0) continue;
+    float* xe = Scratch(kGathered, m * D);
+    for (int64_t i = 0; i < m; ++i) std::memcpy(xe + i * D, x + toks[i] * D, D * sizeof(float));
+    float* g = Scratch(kGate, m * I);
+    float* u = Scratch(kUp, m * I);
+    float* ye = Scratch(kExpertOut, m * D);
+    be.Linear(w.gate.At(e), xe, D, m, g, I);
+    be.Linear(w.up.At(e), xe, D, m, u, I);
+    be.SiluMul(g, u, g, m * I);
+    be.Linear(w.down.At(e), g, I, m, ye, D);
+    for (int64_t i = 0; i < m; ++i) {
+      const float wt = expert_weights_[e][i];
+      float* yt = y + toks[i] * D;
+      const float* src = ye + i * D;
+      for (int64_t d = 0; d < D; ++d) yt[d] += wt * src[d];
+    }
+  }
+}
+
+void Session::RunLmHead(const GraphNode& n, const float* x, int64_t T) {
+  const ModelConfig& c = model_->config();
+  const int64_t D = c.hidden_size, V = c.vocab_size;
+  // Only the rows that asked for logits go through the head.
+  int64_t n_out = 0;
+  for (int64_t t = 0; t < T; ++t) n_out += out_row_[t] >= 0;
+  if (n_out == 0) return;
+  float* xs = Scratch(kGathered, n_out * D);
+  for (int64_t t = 0; t < T; ++t)
+    if (out_row_[t] >= 0) std::memcpy(xs + out_row_[t] * D, x + t * D, D * sizeof(float));
+  model_->backend().Linear(n.head, xs, D, n_out, logits_.data(), V);
+}
+
+}  // namespace moerun

@@ -1,0 +1,74 @@
+// Session: a latent KV cache with its sequences, and the executor that runs the model's graph over a
+// batch of tokens from those sequences. Used by one thread at a time; many sessions share a Model.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "runtime/exec/kv_cache.h"
+#include "runtime/model/model.h"
+
+namespace moerun {
+
+struct SessionOptions {
+  uint32_t kv_capacity = 4096;
+  uint32_t max_sequences = 1;
+  uint32_t max_batch_tokens = 512;
+  int32_t n_threads = 0;  // 0 = the model's default
+};
+
+struct Batch {
+  int64_t n_tokens = 0;
+  const int32_t* tokens = nullptr;
+  const int32_t* seq_ids = nullptr;    // null: all sequence 0
+  const int32_t* positions = nullptr;  // null: append
+  const uint8_t* logits = nullptr;     // null: last token only
+};
+
+class Session {
+ public:
+  static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model, const SessionOptions& options);
+
+  // Appends the batch to its sequences and computes the requested logits. On failure the sequences
+  // are as before the call.
+  Status Decode(const Batch& batch);
+  // Logits of batch token i of the last Decode.
+  Result<const float*> Logits(int64_t i) const;
+
+  Result<uint32_t> SeqLength(int64_t seq) const;
+  Status SeqRemove(int64_t seq);
+  void Clear();
+  int64_t kv_free_tokens() const { return cache_.free_tokens(); }
+  const Model& model() const { return *model_; }
+  const SessionOptions& options() const { return options_; }
+
+ private:
+  explicit Session(std::shared_ptr<const Model> model) : model_(std::move(model)) {}
+
+  // executor.cc: the forward pass over the prepared batch.
+  void Forward(int64_t T);
+  void RunMla(const GraphNode& n, const float* x, float* y, int64_t T);
+  void RunMlp(const MlpWeights& w, const float* x, float* y, int64_t T);
+  void RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T);
+  void RunLmHead(const GraphNode& n, const float* x, int64_t T);
+  float* Scratch(size_t slot, size_t floats);
+
+  std::shared_ptr<const Model> model_;
+  SessionOptions options_;
+  LatentKvCache cache_;
+
+  // Per-batch state prepared by Decode.
+  std::vector<int32_t> tokens_, seq_of_, positions_, n_keys_;
+  std::vector<const int32_t*> token_pages_;
+  std::vector<int64_t> out_row_;  // batch index -> logits row or -1
+  std::vector<float> logits_;     // [n_out, vocab]
+  std::vector<std::vector<float>> buffers_;  // activation buffers 0..2, [T, D]
+  std::vector<std::vector<float>> scratch_;
+  std::vector<int32_t> route_experts_;
+  std::vector<float> route_weights_;
+  std::vector<std::vector<int32_t>> expert_tokens_;
+  std::vector<std::vector<float>> expert_weights_;
+};
+
+}  // namespace moerun

@@ -1,0 +1,100 @@
+#include "runtime/moe/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace moerun {
+namespace {
+
+// Indices of the k largest values (ties: lower index first), written in descending order.
+void TopK(const float* v, int n, int k, int32_t* out) {
+  for (int i = 0; i < k; ++i) out[i] = -1;
+  for (int i = 0; i < n; ++i) {
+    int pos = k;
+    while (pos > 0 && (out[pos - 1] < 0 || v[i] > v[out[pos - 1]])) --pos;
+    if (pos >= k) continue;
+    for (int j = k - 1; j > pos; --j) out[j] = out[j - 1];
+    out[pos] = i;
+  }
+}
+
+}  // namespace
+
+void RouterLogits(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t e = 0; e < E; ++e) {
+      const float* a = x + t * D;
+      const float* b = router + e * D;
+      float acc[16] = {0};
+      int64_t d = 0;
+      for (; d + 16 <= D; d += 16)
+        for (int j = 0; j < 16; ++j) acc[j] += a[d + j] * b[d + j];
+      float s = 0.0f;
+      for (; d < D; ++d) s += a[d] * b[d];
+      for (int j = 0; j < 16; ++j) s += acc[j];
+      logits[t * E + e] = s;
+    }
+  }
+}
+
+void RouteToken(const ModelConfig& c, const float* logits, const float* bias, float* scratch, int32_t* experts,
+                float* weights) {
+  const int E = static_cast<int>(c.n_routed_experts);
+  const int K = static_cast<int>(c.num_experts_per_tok);
+  const int G = static_cast<int>(c.n_group);
+  const int per_group = E / G;
+  float* scores = scratch;       // [E] scores used as weights
+  float* choice = scratch + E;   // [E] scores used for selection
+  float* group = scratch + 2 * E;  // [G]
+
+  if (c.scoring_func == ScoringFunc::kSoftmax) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int e = 0; e < E; ++e) mx = std::max(mx, logits[e]);
+    float sum = 0.0f;
+    for (int e = 0; e < E; ++e) sum += (scores[e] = std::exp(logits[e] - mx));
+    for (int e = 0; e < E; ++e) scores[e] /= sum;
+  } else {
+    for (int e = 0; e < E; ++e) scores[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+  }
+  for (int e = 0; e < E; ++e) choice[e] = scores[e] + (bias ? bias[e] : 0.0f);
+
+  if (c.topk_method != TopkMethod::kGreedy && G > 1) {
+    for (int g = 0; g < G; ++g) {
+      const float* cg = choice + g * per_group;
+      if (c.topk_method == TopkMethod::kGroupLimitedGreedy) {
+        group[g] = *std::max_element(cg, cg + per_group);
+      } else {  // noaux_tc: sum of the two largest biased scores in the group
+        int32_t top2[2];
+        TopK(cg, per_group, 2, top2);
+        group[g] = cg[top2[0]] + cg[top2[1]];
+      }
+    }
+    // Keep the topk_group best groups (ties: lower index). transformers masks the dropped groups with
+    // 0 (softmax scores, V2) or -inf (noaux_tc, V3).
+    float* kept = group + G;
+    for (int g = 0; g < G; ++g) kept[g] = 0.0f;
+    for (uint32_t j = 0; j < c.topk_group; ++j) {
+      int best = -1;
+      for (int g = 0; g < G; ++g)
+        if (kept[g] == 0.0f && (best < 0 || group[g] > group[best])) best = g;
+      kept[best] = 1.0f;
+    }
+    const float masked = c.topk_method == TopkMethod::kNoauxTc ? -std::numeric_limits<float>::infinity() : 0.0f;
+    for (int g = 0; g < G; ++g)
+      if (kept[g] == 0.0f)
+        for (int e = g * per_group; e < (g + 1) * per_group; ++e) choice[e] = masked;
+  }
+  TopK(choice, E, K, experts);
+  float sum = 0.0f;
+  for (int k = 0; k < K; ++k) sum += (weights[k] = scores[experts[k]]);
+  // transformers' DeepseekV2 never renormalises; V3 renormalises when norm_topk_prob is set.
+  const bool renormalise = c.architecture == Architecture::kDeepseekV3 && c.norm_topk_prob;
+  for (int k = 0; k < K; ++k) {
+    if (renormalise) weights[k] /= (sum + 1e-20f);
+    weights[k] *= c.routed_scaling_factor;
+  }
+}
+
+}  // namespace moerun

@@ -1,0 +1,120 @@
+// The moerun CLI as a user runs it: convert, inspect, run (--dump-logits against transformers'
+// logits, --json), bench, and one-line errors with a non-zero exit.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "converters/safetensors.h"
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result RunCli(const std::string& args) {
+  const std::string cmd = std::string(MOERUN_CLI) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string Dir() { return std::string(::testing::TempDir()); }
+
+std::string Converted(const std::string& fixture) {
+  const std::string out = Dir() + "/cli_" + fixture + ".moerun";
+  const Result r = RunCli("convert " MOERUN_TEST_DATA_DIR "/golden/" + fixture + " -o " + out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  return out;
+}
+
+TEST(Cli, DumpLogitsMatchesTransformers) {
+  for (const std::string fixture : {std::string("v2lite_bf16"), std::string("v3_fp8")}) {
+    const std::string model = Converted(fixture);
+    auto golden = moerun::convert::SafetensorsFile::Open(MOERUN_TEST_DATA_DIR "/golden/" + fixture + "/golden.safetensors");
+    ASSERT_TRUE(golden.ok());
+    const auto* prompt_t = golden.value()->Find("prompt.1");
+    const auto* ref_t = golden.value()->Find("prefill_logits.1");
+    ASSERT_TRUE(prompt_t && ref_t);
+    const int32_t* prompt = reinterpret_cast<const int32_t*>(golden.value()->Data(*prompt_t));
+    std::string ids;
+    for (uint64_t i = 0; i < prompt_t->numel; ++i) ids += (i ? "," : "") + std::to_string(prompt[i]);
+    const std::string dump = Dir() + "/cli_" + fixture + ".f32";
+    const Result r = RunCli("run " + model + " --ids " + ids + " --max-tokens 3 --greedy --json --dump-logits " + dump);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("\"generated\": ["), std::string::npos) << r.out;
+    std::ifstream f(dump, std::ios::binary);
+    std::vector<char> raw((std::istreambuf_iterator<char>(f)), {});
+    ASSERT_EQ(raw.size(), ref_t->size()) << "dump must be float32 [n_prompt, vocab]";
+    const float* got = reinterpret_cast<const float*>(raw.data());
+    const float* ref = reinterpret_cast<const float*>(golden.value()->Data(*ref_t));
+    double num = 0, den = 0;
+    for (uint64_t i = 0; i < ref_t->numel; ++i) {
+      num += (got[i] - ref[i]) * static_cast<double>(got[i] - ref[i]);
+      den += ref[i] * static_cast<double>(ref[i]);
+    }
+    EXPECT_LE(std::sqrt(num / den), 1e-4) << fixture;
+  }
+}
+
+TEST(Cli, InspectShowsConfigTensorsAndKvBytes) {
+  const std::string model = Converted("v3_fp8");
+  Result r = RunCli("inspect " + model);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("DeepseekV3"), std::string::npos);
+  EXPECT_NE(r.out.find("f8_e4m3"), std::string::npos);
+  EXPECT_NE(r.out.find("bytes per token"), std::string::npos);
+  r = RunCli("inspect " + model + " --json");
+  ASSERT_EQ(r.code, 0);
+  EXPECT_EQ(r.out.front(), '{');
+  EXPECT_NE(r.out.find("\"kv_cache_bytes_per_token\""), std::string::npos);
+  EXPECT_NE(r.out.find("\"tensors\": [{"), std::string::npos);
+}
+
+TEST(Cli, SamplingIsReproducibleWithASeed) {
+  const std::string model = Converted("v3_bf16");
+  const std::string args = "run " + model + " --ids 0,5,9 --max-tokens 12 --temperature 0.9 --top-k 30 --top-p 0.95 --seed 11 --json";
+  const Result a = RunCli(args), b = RunCli(args);
+  ASSERT_EQ(a.code, 0) << a.out;
+  auto generated = [](const std::string& s) { return s.substr(s.find("\"generated\""), s.find(']', s.find("\"generated\"")) - s.find("\"generated\"")); };
+  EXPECT_EQ(generated(a.out), generated(b.out));
+  const Result ref = RunCli("run " + model + " --ids 0,5,9 --max-tokens 4 --greedy --backend reference --precision f32 --json");
+  const Result cpu = RunCli("run " + model + " --ids 0,5,9 --max-tokens 4 --greedy --backend cpu --json");
+  ASSERT_EQ(ref.code, 0) << ref.out;
+  EXPECT_EQ(generated(ref.out), generated(cpu.out));
+}
+
+TEST(Cli, BenchPrintsFigures) {
+  const std::string model = Converted("v2lite_bf16");
+  const Result r = RunCli("bench " + model + " --prompt 16 --gen 4 --repeat 2 --probe-mib 32 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* key : {"\"prefill_tokens_per_s\"", "\"decode_tokens_per_s\"", "\"bandwidth_probe_gb_per_s\"",
+                          "\"fraction_of_probe\"", "\"peak_rss_mib\"", "\"active_weight_bytes_per_token\""})
+    EXPECT_NE(r.out.find(key), std::string::npos) << key << " missing in " << r.out;
+}
+
+TEST(Cli, ErrorsAreOneLineAndNonZero) {
+  const std::string model = Converted("v3_bf16");
+  for (const std::string& args : std::vector<std::string>{"run /no/such.moerun --ids 1", "run " + model + " --ids 1,x",
+                                 "run " + model + " --ids 99999", "run " + model, "frobnicate",
+                                 "run " + model + " --ids 1 --precision f8", "convert /no/such/dir -o " + Dir() + "/x.moerun",
+                                 "bench " + model + " --prompt 0"}) {
+    const Result r = RunCli(args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.out.find("moerun: "), std::string::npos) << args << ": " << r.out;
+  }
+  EXPECT_FALSE(std::ifstream(Dir() + "/x.moerun").good()) << "failed convert left a file behind";
+}
+
+}  // namespace

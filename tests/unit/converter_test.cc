@@ -1,0 +1,696 @@
+// ConvertHfCheckpoint end to end: every golden checkpoint in every weights mode, reopened with
+// ModelFile and compared value by value with the source tensors (stacking, MLA split, FP8 scales,
+// dtype policy, graph nodes); then broken copies of a checkpoint, each of which must fail with the
+// right code, a message naming the tensor / file, and no output (nor temporary) file left behind.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "converters/converter.h"
+#include "converters/hf_config.h"
+#include "converters/hf_importer.h"
+#include "converters/safetensors.h"
+#include "runtime/format/file_format.h"
+#include "runtime/format/model_file.h"
+#include "runtime/model/graph_contract.h"
+
+namespace moerun::convert {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using R = fb::Role;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "moerun_conv_XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data()) ? tmpl : "";
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
+}
+
+// --- fixtures ---------------------------------------------------------------------------------
+
+struct Fixture {
+  std::string label;  // "data_v3_fp8", "shared_v2lite_bf16", ...
+  std::string dir;
+};
+
+std::vector<Fixture> AllFixtures() {
+  std::vector<Fixture> out;
+  const std::pair<const char*, std::string> roots[] = {
+      {"data", std::string(MOERUN_TEST_DATA_DIR) + "/golden"}, {"shared", MOERUN_SHARED_GOLDEN_DIR}};
+  for (const auto& [label, root] : roots)
+    for (const char* name : {"v2lite_bf16", "v2_grouped_bf16", "v3_bf16", "v3_fp8"})
+      if (fs::exists(root + "/" + name + "/config.json")) out.push_back({std::string(label) + "_" + name, root + "/" + name});
+  return out;
+}
+
+// The project's fixture if present, else the shared one.
+std::string FixtureDir(const std::string& name) {
+  for (const std::string& root : {std::string(MOERUN_TEST_DATA_DIR) + "/golden", std::string(MOERUN_SHARED_GOLDEN_DIR)})
+    if (fs::exists(root + "/" + name + "/config.json")) return root + "/" + name;
+  return "";
+}
+
+// --- source values ----------------------------------------------------------------------------
+
+// A checkpoint tensor read whole: raw bytes and (dequantised) f32 values.
+struct Src {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<uint64_t> shape;
+  std::vector<uint8_t> raw;
+  std::vector<float> f32;
+  std::vector<uint8_t> scale_raw;  // F8 only: the F32 block scales
+};
+
+Src LoadSrc(const Checkpoint& ck, const std::string& name) {
+  Src s;
+  s.name = name;
+  const Checkpoint::Ref* r = ck.Find(name);
+  EXPECT_NE(r, nullptr) << name;
+  if (!r) return s;
+  EXPECT_TRUE(ToRuntimeDType(r->tensor->dtype, &s.dtype));
+  s.shape = r->tensor->shape;
+  s.raw.assign(r->file->Data(*r->tensor), r->file->Data(*r->tensor) + r->tensor->size());
+  const uint64_t n = r->tensor->numel;
+  s.f32.resize(n);
+  if (s.dtype == DType::kF8E4M3) {
+    const Checkpoint::Ref* sr = ck.Find(name + "_scale_inv");
+    EXPECT_NE(sr, nullptr);
+    if (!sr) return s;
+    EXPECT_EQ(sr->tensor->dtype, StDType::kF32);
+    s.scale_raw.assign(sr->file->Data(*sr->tensor), sr->file->Data(*sr->tensor) + sr->tensor->size());
+    const float* scale = reinterpret_cast<const float*>(s.scale_raw.data());
+    const uint64_t rows = s.shape[0], cols = s.shape[1], scols = CeilDiv(cols, 128);
+    for (uint64_t i = 0; i < rows; ++i)
+      for (uint64_t j = 0; j < cols; ++j)
+        s.f32[i * cols + j] = F8E4M3ToF32(s.raw[i * cols + j]) * scale[(i / 128) * scols + j / 128];
+  } else {
+    for (uint64_t i = 0; i < n; ++i) s.f32[i] = LoadAsF32(s.dtype, s.raw.data(), i);
+  }
+  return s;
+}
+
+// The output tensor's elements as (source, element index) pairs.
+struct Gather {
+  std::vector<Src> srcs;
+  std::vector<std::pair<uint32_t, uint64_t>> idx;
+};
+
+Gather Concat(std::vector<Src> srcs) {
+  Gather g;
+  g.srcs = std::move(srcs);
+  for (uint32_t s = 0; s < g.srcs.size(); ++s)
+    for (uint64_t i = 0; i < g.srcs[s].f32.size(); ++i) g.idx.push_back({s, i});
+  return g;
+}
+
+// Checks the bytes of `out` against the gathered sources: bit-exact when the dtype is kept,
+// otherwise f32 → dtype with round-to-nearest-even.
+void ExpectValues(const TensorInfo& out, const Gather& g) {
+  SCOPED_TRACE(out.name);
+  ASSERT_EQ(out.numel, g.idx.size());
+  int mismatches = 0;
+  for (uint64_t k = 0; k < g.idx.size() && mismatches < 5; ++k) {
+    const Src& s = g.srcs[g.idx[k].first];
+    const uint64_t i = g.idx[k].second;
+    bool same;
+    if (out.dtype == s.dtype) {
+      const size_t es = DTypeSize(out.dtype);
+      same = std::memcmp(out.data + k * es, s.raw.data() + i * es, es) == 0;
+    } else if (out.dtype == DType::kF32) {
+      same = std::memcmp(out.data + k * 4, &s.f32[i], 4) == 0;
+    } else if (out.dtype == DType::kBF16) {
+      uint16_t got;
+      std::memcpy(&got, out.data + k * 2, 2);
+      same = got == F32ToBf16(s.f32[i]);
+    } else {
+      ADD_FAILURE() << "unexpected conversion to " << DTypeName(out.dtype);
+      return;
+    }
+    if (!same) {
+      ++mismatches;
+      ADD_FAILURE() << "element " << k << " differs from " << s.name << "[" << i << "]";
+    }
+  }
+}
+
+// Output dtype the converter must produce (converter.h).
+DType ExpectedDType(R role, DType src, WeightsMode mode) {
+  if (IsF32Role(role)) return DType::kF32;
+  if (mode == WeightsMode::kF32) return DType::kF32;
+  if (mode == WeightsMode::kBF16) return DType::kBF16;
+  if ((role == R::UkT || role == R::Uv) && src == DType::kF8E4M3) return DType::kF32;
+  return src;
+}
+
+// Independent statement of the HF name of every single-source tensor (MODEL_SPEC §2).
+std::map<std::string, std::string> SingleSources(const ModelConfig& c) {
+  std::map<std::string, std::string> m = {
+      {"embed", "model.embed_tokens.weight"}, {"norm", "model.norm.weight"}, {"head", "lm_head.weight"}};
+  auto layer = [&](uint32_t l, const std::string& o) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    m[o + "attn_norm"] = p + "input_layernorm.weight";
+    m[o + "ffn_norm"] = p + "post_attention_layernorm.weight";
+    if (c.q_lora_rank == 0) {
+      m[o + "attn.q_proj"] = p + "self_attn.q_proj.weight";
+    } else {
+      m[o + "attn.q_a_proj"] = p + "self_attn.q_a_proj.weight";
+      m[o + "attn.q_a_norm"] = p + "self_attn.q_a_layernorm.weight";
+      m[o + "attn.q_b_proj"] = p + "self_attn.q_b_proj.weight";
+    }
+    m[o + "attn.kv_a_proj"] = p + "self_attn.kv_a_proj_with_mqa.weight";
+    m[o + "attn.kv_a_norm"] = p + "self_attn.kv_a_layernorm.weight";
+    m[o + "attn.o_proj"] = p + "self_attn.o_proj.weight";
+    if (!c.IsMoeLayer(l)) {
+      for (const char* k : {"gate_proj", "up_proj", "down_proj"}) m[o + "mlp." + k] = p + "mlp." + k + ".weight";
+    } else {
+      m[o + "moe.router"] = p + "mlp.gate.weight";
+      if (c.topk_method == TopkMethod::kNoauxTc) m[o + "moe.router_bias"] = p + "mlp.gate.e_score_correction_bias";
+      m[o + "moe.shared_gate"] = p + "mlp.shared_experts.gate_proj.weight";
+      m[o + "moe.shared_up"] = p + "mlp.shared_experts.up_proj.weight";
+      m[o + "moe.shared_down"] = p + "mlp.shared_experts.down_proj.weight";
+    }
+  };
+  for (uint32_t l = 0; l < c.num_layers; ++l) layer(l, "layers." + std::to_string(l) + ".");
+  if (c.num_nextn_predict_layers == 1) {
+    const std::string p = "model.layers." + std::to_string(c.num_layers) + ".";
+    layer(c.num_layers, "mtp.");
+    m["mtp.embed"] = p + "embed_tokens.weight";
+    m["mtp.enorm"] = p + "enorm.weight";
+    m["mtp.hnorm"] = p + "hnorm.weight";
+    m["mtp.eh_proj"] = p + "eh_proj.weight";
+    m["mtp.norm"] = p + "shared_head.norm.weight";
+    m["mtp.head"] = p + "shared_head.head.weight";
+  }
+  return m;
+}
+
+// --- golden conversions -----------------------------------------------------------------------
+
+class ConverterGoldenTest : public ::testing::TestWithParam<std::tuple<Fixture, WeightsMode>> {};
+
+TEST_P(ConverterGoldenTest, ConvertsAndMatchesSource) {
+  const Fixture& fx = std::get<0>(GetParam());
+  const WeightsMode mode = std::get<1>(GetParam());
+  TempDir out_dir;
+  const std::string out = out_dir / "model.moerun";
+  ConvertOptions options;
+  options.weights = mode;
+  options.progress = true;  // not a TTY under the test runner: must stay silent and harmless
+  const Status st = ConvertHfCheckpoint(fx.dir, out, options);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(std::distance(fs::directory_iterator(out_dir.path()), fs::directory_iterator()), 1);
+
+  VerifyOptions vo;
+  vo.check_weight_checksums = true;
+  auto file = ModelFile::Open(out, vo);
+  ASSERT_TRUE(file.ok()) << file.status().message();
+  const ModelFile& mf = **file;
+  const ModelConfig& c = mf.config();
+
+  auto ck = Checkpoint::Open(fx.dir);
+  ASSERT_TRUE(ck.ok()) << ck.status().message();
+  auto hf = ParseHfConfigFull((*ck)->config_text(), (*ck)->config_path());
+  ASSERT_TRUE(hf.ok());
+  EXPECT_EQ(c.hidden_size, hf->config.hidden_size);
+  EXPECT_EQ(c.n_routed_experts, hf->config.n_routed_experts);
+  EXPECT_EQ(c.topk_method, hf->config.topk_method);
+  EXPECT_EQ(c.num_nextn_predict_layers, hf->config.num_nextn_predict_layers);
+  EXPECT_FLOAT_EQ(c.rope.factor, hf->config.rope.factor);
+
+  // Provenance.
+  const fb::Provenance* prov = mf.graph()->provenance();
+  ASSERT_NE(prov, nullptr);
+  EXPECT_EQ(prov->converter_version()->str(), "0.1.0");
+  EXPECT_EQ(prov->source()->str(), "hf:" + hf->architecture);
+  EXPECT_EQ(prov->weights_mode()->str(), WeightsModeName(mode));
+  const bool fp8 = Contains(fx.label, "fp8");
+  EXPECT_EQ(prov->source_dtype()->str(), fp8 ? "f8_e4m3" : "bf16");
+
+  // Graph: Embedding, 6 per layer, RMSNorm, LmHead; MTP: MtpProject, 6, RMSNorm, LmHead.
+  const auto* nodes = mf.graph()->nodes();
+  ASSERT_EQ(nodes->size(), 1 + 6 * c.num_layers + 2);
+  const size_t n_mtp = mf.graph()->mtp_nodes() ? mf.graph()->mtp_nodes()->size() : 0;
+  EXPECT_EQ(n_mtp, c.num_nextn_predict_layers == 1 ? 9u : 0u);
+  const fb::Op layer_ops[] = {fb::Op::RMSNorm, fb::Op::MlaAttention, fb::Op::ResidualAdd, fb::Op::RMSNorm,
+                              fb::Op::Moe, fb::Op::ResidualAdd};
+  EXPECT_EQ(nodes->Get(0)->op(), fb::Op::Embedding);
+  for (uint32_t l = 0; l < c.num_layers; ++l)
+    for (int k = 0; k < 6; ++k) {
+      const fb::Node* n = nodes->Get(1 + 6 * l + k);
+      const fb::Op want = k == 4 && !c.IsMoeLayer(l) ? fb::Op::DenseMlp : layer_ops[k];
+      EXPECT_EQ(n->op(), want) << "layer " << l << " node " << k;
+      EXPECT_EQ(n->layer(), static_cast<int32_t>(l));
+    }
+  EXPECT_EQ(nodes->Get(nodes->size() - 2)->op(), fb::Op::RMSNorm);
+  EXPECT_EQ(nodes->Get(nodes->size() - 1)->op(), fb::Op::LmHead);
+  if (n_mtp) {
+    EXPECT_EQ(mf.graph()->mtp_nodes()->Get(0)->op(), fb::Op::MtpProject);
+    EXPECT_EQ(mf.graph()->mtp_nodes()->Get(0)->layer(), static_cast<int32_t>(c.num_layers));
+    EXPECT_EQ(mf.graph()->mtp_nodes()->Get(5)->op(), fb::Op::Moe);
+    EXPECT_EQ(mf.graph()->mtp_nodes()->Get(8)->op(), fb::Op::LmHead);
+  }
+
+  // Every tensor is used exactly once, by a node slot or as a block scale; shapes and dtypes follow
+  // the contract; values follow the source.
+  const auto& ts = mf.tensors();
+  std::vector<int> uses(ts.size(), 0);
+  const auto single = SingleSources(c);
+  size_t checked_single = 0, checked_experts = 0, checked_split = 0;
+  for (const auto* list : {mf.graph()->nodes(), mf.graph()->mtp_nodes()}) {
+    if (!list) continue;
+    for (const fb::Node* n : *list) {
+      if (!n->weights()) continue;
+      const std::string layer_prefix =
+          "model.layers." + std::to_string(n->layer() < 0 ? 0 : n->layer()) + ".";
+      for (const fb::WeightSlot* w : *n->weights()) {
+        ASSERT_LT(w->tensor(), ts.size());
+        const TensorInfo& t = ts[w->tensor()];
+        ++uses[w->tensor()];
+        SCOPED_TRACE(t.name);
+        EXPECT_EQ(t.shape, ExpectedShape(w->role(), c)) << fb::EnumNameRole(w->role());
+        if (t.scale >= 0) {
+          ++uses[t.scale];
+          EXPECT_EQ(t.dtype, DType::kF8E4M3);
+          EXPECT_EQ(ts[t.scale].name, t.name + ".scale");
+          EXPECT_EQ(t.block_rows, 128u);
+          EXPECT_EQ(t.block_cols, 128u);
+        }
+        const R role = w->role();
+        if (auto it = single.find(t.name); it != single.end()) {
+          Src s = LoadSrc(**ck, it->second);
+          EXPECT_EQ(t.dtype, ExpectedDType(role, s.dtype, mode));
+          if (t.dtype == DType::kF8E4M3) {
+            ASSERT_EQ(ts[t.scale].size, s.scale_raw.size());
+            EXPECT_EQ(0, std::memcmp(ts[t.scale].data, s.scale_raw.data(), s.scale_raw.size()));
+          }
+          ExpectValues(t, Concat({std::move(s)}));
+          ++checked_single;
+        } else if (role == R::ExpertsGate || role == R::ExpertsUp || role == R::ExpertsDown) {
+          const char* proj = role == R::ExpertsGate ? "gate_proj" : role == R::ExpertsUp ? "up_proj" : "down_proj";
+          std::vector<Src> srcs;
+          std::vector<uint8_t> scales;
+          for (uint32_t e = 0; e < c.n_routed_experts; ++e) {
+            srcs.push_back(LoadSrc(**ck, layer_prefix + "mlp.experts." + std::to_string(e) + "." + proj + ".weight"));
+            scales.insert(scales.end(), srcs.back().scale_raw.begin(), srcs.back().scale_raw.end());
+          }
+          EXPECT_EQ(t.dtype, ExpectedDType(role, srcs[0].dtype, mode));
+          if (t.dtype == DType::kF8E4M3) {  // stacked scale [E, ceil(out/128), ceil(in/128)]
+            EXPECT_EQ(ts[t.scale].shape,
+                      (std::vector<uint64_t>{t.shape[0], CeilDiv(t.shape[1], 128), CeilDiv(t.shape[2], 128)}));
+            ASSERT_EQ(ts[t.scale].size, scales.size());
+            EXPECT_EQ(0, std::memcmp(ts[t.scale].data, scales.data(), scales.size()));
+          }
+          ExpectValues(t, Concat(std::move(srcs)));
+          ++checked_experts;
+        } else if (role == R::UkT || role == R::Uv) {
+          Gather g;
+          g.srcs.push_back(LoadSrc(**ck, layer_prefix + "self_attn.kv_b_proj.weight"));
+          EXPECT_EQ(t.dtype, ExpectedDType(role, g.srcs[0].dtype, mode));
+          const uint64_t H = c.num_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
+          for (uint64_t h = 0; h < H; ++h) {
+            if (role == R::UkT) {  // UkT[h][c][i] = kv_b[h*(dn+dv) + i][c]
+              for (uint64_t col = 0; col < r; ++col)
+                for (uint64_t i = 0; i < dn; ++i) g.idx.push_back({0, (h * (dn + dv) + i) * r + col});
+            } else {  // Uv[h][j][c] = kv_b[h*(dn+dv) + dn + j][c]
+              for (uint64_t j = 0; j < dv; ++j)
+                for (uint64_t col = 0; col < r; ++col) g.idx.push_back({0, (h * (dn + dv) + dn + j) * r + col});
+            }
+          }
+          ExpectValues(t, g);
+          ++checked_split;
+        } else {
+          ADD_FAILURE() << "tensor " << t.name << " (" << fb::EnumNameRole(role) << ") has no known source";
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(uses[i], 1) << ts[i].name;
+  EXPECT_EQ(checked_single, single.size());
+  const uint32_t moe_layers = c.num_layers - c.first_k_dense_replace + c.num_nextn_predict_layers;
+  EXPECT_EQ(checked_experts, 3u * moe_layers);
+  EXPECT_EQ(checked_split, 2u * (c.num_layers + c.num_nextn_predict_layers));
+}
+
+std::string ParamName(const ::testing::TestParamInfo<std::tuple<Fixture, WeightsMode>>& info) {
+  return std::get<0>(info.param).label + "_" + WeightsModeName(std::get<1>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(ConverterAll, ConverterGoldenTest,
+                         ::testing::Combine(::testing::ValuesIn(AllFixtures()),
+                                            ::testing::Values(WeightsMode::kKeep, WeightsMode::kBF16,
+                                                              WeightsMode::kF32)),
+                         ParamName);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(ConverterGoldenTest);
+
+TEST(ConverterTest, FixturesArePresent) { EXPECT_FALSE(AllFixtures().empty()); }
+
+TEST(ConverterTest, ParseWeightsMode) {
+  EXPECT_EQ(*ParseWeightsMode("keep"), WeightsMode::kKeep);
+  EXPECT_EQ(*ParseWeightsMode("bf16"), WeightsMode::kBF16);
+  EXPECT_EQ(*ParseWeightsMode("f32"), WeightsMode::kF32);
+  auto bad = ParseWeightsMode("fp8");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(bad.status().message(), "fp8"));
+}
+
+// --- broken checkpoints -----------------------------------------------------------------------
+
+// A writable copy of a golden checkpoint with helpers that edit its shards and index.
+class EditableCheckpoint {
+ public:
+  explicit EditableCheckpoint(const std::string& fixture) {
+    src_ = FixtureDir(fixture);
+    if (src_.empty()) return;
+    for (const auto& e : fs::directory_iterator(src_)) {
+      const std::string name = e.path().filename().string();
+      if (name == "golden.safetensors") continue;
+      fs::copy_file(e.path(), dir_ / name);
+    }
+  }
+  bool ok() const { return !src_.empty(); }
+  std::string path() const { return dir_.path(); }
+  std::string file(const std::string& name) const { return dir_ / name; }
+  bool sharded() const { return fs::exists(dir_ / "model.safetensors.index.json"); }
+
+  json Index() const { return json::parse(ReadFile(dir_ / "model.safetensors.index.json")); }
+  void SetIndex(const json& j) const { WriteFile(dir_ / "model.safetensors.index.json", j.dump(2)); }
+  json Config() const { return json::parse(ReadFile(dir_ / "config.json")); }
+  void SetConfig(const json& j) const { WriteFile(dir_ / "config.json", j.dump(2)); }
+
+  std::string ShardOf(const std::string& tensor) const {
+    if (!sharded()) return "model.safetensors";
+    return Index()["weight_map"].value(tensor, std::string("model-00001-of-00002.safetensors"));
+  }
+  std::vector<StTensorData> Load(const std::string& shard) const {
+    std::vector<StTensorData> out;
+    auto f = SafetensorsFile::Open(dir_ / shard);
+    EXPECT_TRUE(f.ok()) << f.status().message();
+    if (!f.ok()) return out;
+    for (const StTensor& t : (*f)->tensors())
+      out.push_back({t.name, t.dtype, t.shape,
+                     std::vector<uint8_t>((*f)->Data(t), (*f)->Data(t) + t.size())});
+    return out;
+  }
+  void Save(const std::string& shard, const std::vector<StTensorData>& ts) const {
+    ASSERT_TRUE(WriteSafetensors(dir_ / shard, ts, {{"format", "pt"}}).ok());
+  }
+  StTensorData Get(const std::string& name) const {
+    for (StTensorData& t : Load(ShardOf(name)))
+      if (t.name == name) return t;
+    ADD_FAILURE() << "no tensor " << name;
+    return {};
+  }
+  void Remove(const std::string& name) const {
+    const std::string shard = ShardOf(name);
+    auto ts = Load(shard);
+    std::erase_if(ts, [&](const StTensorData& t) { return t.name == name; });
+    Save(shard, ts);
+    if (sharded()) {
+      json j = Index();
+      j["weight_map"].erase(name);
+      SetIndex(j);
+    }
+  }
+  // Adds (or replaces) a tensor in `shard` and lists it in the index.
+  void Put(const std::string& shard, const StTensorData& t) const {
+    auto ts = Load(shard);
+    std::erase_if(ts, [&](const StTensorData& x) { return x.name == t.name; });
+    ts.push_back(t);
+    Save(shard, ts);
+    if (sharded()) {
+      json j = Index();
+      j["weight_map"][t.name] = shard;
+      SetIndex(j);
+    }
+  }
+  void Replace(const StTensorData& t) const { Put(ShardOf(t.name), t); }
+
+ private:
+  std::string src_;
+  TempDir dir_;
+};
+
+// Converts and expects failure: code, message fragments, and an empty output folder.
+void ExpectConvertFails(const EditableCheckpoint& ck, StatusCode code, const std::vector<std::string>& needles) {
+  TempDir out;
+  const Status st = ConvertHfCheckpoint(ck.path(), out / "model.moerun", ConvertOptions{});
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), code) << st.message();
+  for (const std::string& n : needles) EXPECT_TRUE(Contains(st.message(), n)) << "'" << n << "' not in: " << st.message();
+  EXPECT_TRUE(fs::is_empty(out.path())) << "output or temporary file left behind";
+}
+
+#define REQUIRE_FIXTURE(ck) \
+  if (!(ck).ok()) GTEST_SKIP() << "fixture not present"
+
+TEST(ConverterTest, MissingTensorInShardedCheckpoint) {
+  EditableCheckpoint ck("v3_fp8");
+  REQUIRE_FIXTURE(ck);
+  const std::string name = "model.layers.1.mlp.experts.3.up_proj.weight";
+  ck.Remove(name);
+  ck.Remove(name + "_scale_inv");
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {name, "model.safetensors.index.json", "missing"});
+}
+
+TEST(ConverterTest, MissingTensorInSingleFile) {
+  EditableCheckpoint ck("v2lite_bf16");
+  REQUIRE_FIXTURE(ck);
+  const std::string name = "model.layers.2.self_attn.kv_a_layernorm.weight";
+  ck.Remove(name);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {name, "model.safetensors", "missing"});
+}
+
+TEST(ConverterTest, MissingRouterBiasForNoauxTc) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  ck.Remove("model.layers.2.mlp.gate.e_score_correction_bias");
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {"model.layers.2.mlp.gate.e_score_correction_bias"});
+}
+
+TEST(ConverterTest, ExtraTensor) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  StTensorData extra{"model.layers.0.mlp.bogus.weight", StDType::kBF16, {4}, std::vector<uint8_t>(8, 0)};
+  ck.Put("model-00002-of-00002.safetensors", extra);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument,
+                     {"unexpected", extra.name, "model-00002-of-00002.safetensors"});
+}
+
+TEST(ConverterTest, ExtraExpertBeyondConfig) {
+  EditableCheckpoint ck("v2lite_bf16");
+  REQUIRE_FIXTURE(ck);
+  auto cfg = ck.Config();
+  const uint32_t E = cfg["n_routed_experts"];
+  StTensorData t = ck.Get("model.layers.1.mlp.experts.0.gate_proj.weight");
+  t.name = "model.layers.1.mlp.experts." + std::to_string(E) + ".gate_proj.weight";
+  ck.Put("model.safetensors", t);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {"unexpected", t.name});
+}
+
+TEST(ConverterTest, MtpTensorsWithoutMtpInConfig) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  json cfg = ck.Config();
+  cfg["num_nextn_predict_layers"] = 0;
+  ck.SetConfig(cfg);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {"unexpected", "model.layers.3.", "MTP"});
+}
+
+TEST(ConverterTest, MtpInConfigWithoutTensors) {
+  EditableCheckpoint ck("v2_grouped_bf16");
+  REQUIRE_FIXTURE(ck);
+  json cfg = ck.Config();
+  cfg["architectures"] = {"DeepseekV3ForCausalLM"};
+  cfg["model_type"] = "deepseek_v3";
+  cfg["scoring_func"] = "sigmoid";
+  cfg["topk_method"] = "noaux_tc";
+  cfg["num_nextn_predict_layers"] = 1;
+  ck.SetConfig(cfg);
+  // The first thing a V3 reading of this V2 checkpoint misses is the correction bias of layer 1.
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {"model.layers.1.mlp.gate.e_score_correction_bias"});
+}
+
+TEST(ConverterTest, WrongShape) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  StTensorData t = ck.Get("model.layers.1.self_attn.o_proj.weight");
+  ASSERT_EQ(t.shape.size(), 2u);
+  t.shape[1] += 1;
+  t.bytes.resize(t.shape[0] * t.shape[1] * 2);
+  const std::string shard = ck.ShardOf(t.name);
+  ck.Replace(t);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {t.name, shard, "has shape", "expected"});
+}
+
+TEST(ConverterTest, WrongExpertShape) {
+  EditableCheckpoint ck("v2lite_bf16");
+  REQUIRE_FIXTURE(ck);
+  StTensorData t = ck.Get("model.layers.2.mlp.experts.1.down_proj.weight");
+  std::swap(t.shape[0], t.shape[1]);  // [I_e, D] instead of [D, I_e]
+  ck.Replace(t);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {t.name, "has shape", "expected"});
+}
+
+TEST(ConverterTest, IndexPointsToMissingShard) {
+  EditableCheckpoint ck("v3_fp8");
+  REQUIRE_FIXTURE(ck);
+  json j = ck.Index();
+  j["weight_map"]["lm_head.weight"] = "model-00003-of-00003.safetensors";
+  ck.SetIndex(j);
+  ExpectConvertFails(ck, StatusCode::kIo, {"model-00003-of-00003.safetensors", "model.safetensors.index.json"});
+}
+
+TEST(ConverterTest, IndexWithPathTraversal) {
+  EditableCheckpoint ck("v3_fp8");
+  REQUIRE_FIXTURE(ck);
+  json j = ck.Index();
+  j["weight_map"]["lm_head.weight"] = "../model-00001-of-00002.safetensors";
+  ck.SetIndex(j);
+  ExpectConvertFails(ck, StatusCode::kCorruptFile, {"model.safetensors.index.json", "lm_head.weight"});
+}
+
+TEST(ConverterTest, MalformedIndexJson) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  const std::string text = ReadFile(ck.file("model.safetensors.index.json"));
+  WriteFile(ck.file("model.safetensors.index.json"), text.substr(0, text.size() / 2));
+  ExpectConvertFails(ck, StatusCode::kCorruptFile, {"model.safetensors.index.json"});
+}
+
+TEST(ConverterTest, TruncatedShard) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  const std::string shard = ck.file("model-00002-of-00002.safetensors");
+  fs::resize_file(shard, fs::file_size(shard) - 100);
+  ExpectConvertFails(ck, StatusCode::kCorruptFile, {"model-00002-of-00002.safetensors"});
+}
+
+TEST(ConverterTest, Fp8WeightWithoutScale) {
+  EditableCheckpoint ck("v3_fp8");
+  REQUIRE_FIXTURE(ck);
+  const std::string name = "model.layers.1.self_attn.o_proj.weight";
+  ck.Remove(name + "_scale_inv");
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {name, "block-scale", ck.ShardOf(name)});
+}
+
+TEST(ConverterTest, Fp8WrongScaleShape) {
+  EditableCheckpoint ck("v3_fp8");
+  REQUIRE_FIXTURE(ck);
+  const std::string name = "model.layers.2.mlp.experts.5.gate_proj.weight_scale_inv";
+  StTensorData s = ck.Get(name);
+  s.shape = {s.shape[0] + 1, s.shape[1]};
+  s.bytes.resize(s.shape[0] * s.shape[1] * 4);
+  ck.Replace(s);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {name, "has shape", "expected"});
+}
+
+TEST(ConverterTest, ScaleWithoutFp8Weight) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  const std::string name = "model.layers.0.self_attn.o_proj.weight_scale_inv";
+  ck.Put(ck.ShardOf("model.layers.0.self_attn.o_proj.weight"),
+         StTensorData{name, StDType::kF32, {1, 1}, std::vector<uint8_t>(4, 0)});
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {"unexpected tensor", name});
+}
+
+TEST(ConverterTest, UnsupportedSourceDtype) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  StTensorData t = ck.Get("model.layers.1.post_attention_layernorm.weight");
+  t.dtype = StDType::kI16;  // same byte size as bf16
+  ck.Replace(t);
+  ExpectConvertFails(ck, StatusCode::kUnsupported, {t.name, "I16"});
+}
+
+TEST(ConverterTest, Fp8EmbeddingRejected) {
+  EditableCheckpoint ck("v3_fp8");
+  REQUIRE_FIXTURE(ck);
+  StTensorData t = ck.Get("model.embed_tokens.weight");
+  ASSERT_EQ(t.dtype, StDType::kBF16);
+  const uint64_t rows = t.shape[0], cols = t.shape[1];
+  t.dtype = StDType::kF8E4M3;
+  t.bytes.assign(rows * cols, 0x38);  // 1.0
+  const std::string shard = ck.ShardOf(t.name);
+  ck.Replace(t);
+  ck.Put(shard, StTensorData{t.name + "_scale_inv", StDType::kF32, {CeilDiv(rows, 128), CeilDiv(cols, 128)},
+                             std::vector<uint8_t>(CeilDiv(rows, 128) * CeilDiv(cols, 128) * 4, 0)});
+  ExpectConvertFails(ck, StatusCode::kUnsupported, {t.name, "F8_E4M3"});
+}
+
+TEST(ConverterTest, UnsupportedConfig) {
+  EditableCheckpoint ck("v2lite_bf16");
+  REQUIRE_FIXTURE(ck);
+  json cfg = ck.Config();
+  cfg["hidden_act"] = "gelu";
+  ck.SetConfig(cfg);
+  ExpectConvertFails(ck, StatusCode::kUnsupported, {"gelu", "config.json"});
+}
+
+TEST(ConverterTest, UnwritableOutput) {
+  const std::string dir = FixtureDir("v2lite_bf16");
+  if (dir.empty()) GTEST_SKIP();
+  TempDir out;
+  const Status st = ConvertHfCheckpoint(dir, out / "no/such/dir/model.moerun", ConvertOptions{});
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), StatusCode::kIo) << st.message();
+  EXPECT_TRUE(fs::is_empty(out.path()));
+}
+
+TEST(ConverterTest, OverwritesExistingOutputAtomically) {
+  const std::string dir = FixtureDir("v2lite_bf16");
+  if (dir.empty()) GTEST_SKIP();
+  TempDir out;
+  const std::string path = out / "model.moerun";
+  WriteFile(path, "old contents");
+  ASSERT_TRUE(ConvertHfCheckpoint(dir, path, ConvertOptions{}).ok());
+  EXPECT_TRUE(ModelFile::Open(path, VerifyOptions{}).ok());
+  // A failing conversion leaves the previous file untouched.
+  EditableCheckpoint ck("v2lite_bf16");
+  ck.Remove("lm_head.weight");
+  const auto before = fs::file_size(path);
+  EXPECT_FALSE(ConvertHfCheckpoint(ck.path(), path, ConvertOptions{}).ok());
+  EXPECT_EQ(fs::file_size(path), before);
+  EXPECT_EQ(std::distance(fs::directory_iterator(out.path()), fs::directory_iterator()), 1);
+}
+
+}  // namespace
+}  // namespace moerun::convert

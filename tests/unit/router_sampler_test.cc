@@ -1,0 +1,140 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "runtime/exec/sampler.h"
+#include "runtime/moe/router.h"
+
+namespace moerun {
+namespace {
+
+ModelConfig V3Router() {
+  ModelConfig c;
+  c.architecture = Architecture::kDeepseekV3;
+  c.n_routed_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.scoring_func = ScoringFunc::kSigmoid;
+  c.topk_method = TopkMethod::kNoauxTc;
+  c.norm_topk_prob = true;
+  c.routed_scaling_factor = 2.5f;
+  return c;
+}
+
+TEST(Router, NoauxTcUsesBiasForChoiceOnlyAndGroupsByTopTwoSum) {
+  const ModelConfig c = V3Router();
+  // Groups {0,1} {2,3} {4,5} {6,7}. Without bias expert 7 has the top score, but the bias makes
+  // group 0 and 1 win on the sum of their two best biased scores.
+  const float logits[8] = {0.5f, 0.4f, 0.3f, 0.2f, -1.0f, -1.0f, -2.0f, 3.0f};
+  const float bias[8] = {0.5f, 0.5f, 0.5f, 0.5f, 0.0f, 0.0f, 0.0f, 0.0f};
+  float scratch[2 * (8 + 4)];
+  int32_t ex[2];
+  float w[2];
+  RouteToken(c, logits, bias, scratch, ex, w);
+  EXPECT_EQ(ex[0], 0);
+  EXPECT_EQ(ex[1], 1);
+  const float s0 = 1.0f / (1.0f + std::exp(-0.5f)), s1 = 1.0f / (1.0f + std::exp(-0.4f));
+  EXPECT_NEAR(w[0], s0 / (s0 + s1) * 2.5f, 1e-6);  // weights from unbiased scores, renormalised
+  EXPECT_NEAR(w[1], s1 / (s0 + s1) * 2.5f, 1e-6);
+}
+
+TEST(Router, SoftmaxGreedyDoesNotRenormalise) {
+  ModelConfig c;
+  c.architecture = Architecture::kDeepseekV2;
+  c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.norm_topk_prob = true;  // transformers' V2 ignores it
+  c.routed_scaling_factor = 1.0f;
+  const float logits[4] = {1.0f, 3.0f, 2.0f, 0.0f};
+  float scratch[2 * (4 + 1)];
+  int32_t ex[2];
+  float w[2];
+  RouteToken(c, logits, nullptr, scratch, ex, w);
+  const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + 1.0;
+  EXPECT_EQ(ex[0], 1);
+  EXPECT_EQ(ex[1], 2);
+  EXPECT_NEAR(w[0], std::exp(3.0) / z, 1e-6);
+  EXPECT_NEAR(w[1], std::exp(2.0) / z, 1e-6);
+}
+
+TEST(Router, GroupLimitedGreedyMasksGroupsByMax) {
+  ModelConfig c;
+  c.architecture = Architecture::kDeepseekV2;
+  c.n_routed_experts = 6;
+  c.num_experts_per_tok = 2;
+  c.n_group = 3;
+  c.topk_group = 1;
+  c.topk_method = TopkMethod::kGroupLimitedGreedy;
+  c.routed_scaling_factor = 16.0f;
+  // Group 1 ({2,3}) has the single best expert; group 0 has the better pair, but only one group stays.
+  const float logits[6] = {2.0f, 2.0f, 2.5f, -3.0f, 0.0f, 0.0f};
+  float scratch[2 * (6 + 3)];
+  int32_t ex[2];
+  float w[2];
+  RouteToken(c, logits, nullptr, scratch, ex, w);
+  EXPECT_EQ(ex[0], 2);
+  EXPECT_EQ(ex[1], 3);
+  double z = 0;
+  for (float l : logits) z += std::exp(l);
+  EXPECT_NEAR(w[0], std::exp(2.5) / z * 16.0, 1e-5);
+}
+
+TEST(Sampler, GreedyIsArgmaxLowestIdOnTies) {
+  Sampler s(SamplerParams{});
+  const float l[5] = {0.0f, 2.0f, 2.0f, NAN, -1.0f};
+  EXPECT_EQ(s.Sample(l, 5), 1);
+}
+
+TEST(Sampler, SeedIsReproducibleAndTopKRestricts) {
+  SamplerParams p;
+  p.temperature = 1.0f;
+  p.top_k = 3;
+  p.seed = 42;
+  std::vector<float> logits(50);
+  for (int i = 0; i < 50; ++i) logits[i] = std::sin(i * 0.7f) * 3.0f;
+  Sampler a(p), b(p);
+  std::map<int, int> counts;
+  for (int i = 0; i < 300; ++i) {
+    const int32_t x = a.Sample(logits.data(), 50);
+    EXPECT_EQ(x, b.Sample(logits.data(), 50));
+    counts[x]++;
+  }
+  EXPECT_LE(counts.size(), 3u);
+  EXPECT_GE(counts.size(), 2u);
+  p.seed = 43;
+  Sampler c(p);
+  Sampler d(SamplerParams{1.0f, 3, 1.0f, 0.0f, 42});
+  int differ = 0;
+  for (int i = 0; i < 50; ++i) differ += c.Sample(logits.data(), 50) != d.Sample(logits.data(), 50);
+  EXPECT_GT(differ, 0);
+}
+
+TEST(Sampler, TopPAndMinPKeepOnlyTheHead) {
+  const float logits[4] = {5.0f, 4.0f, 0.0f, -5.0f};
+  SamplerParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.5f;  // token 0 alone has p ≈ 0.73
+  p.seed = 1;
+  Sampler s(p);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(s.Sample(logits, 4), 0);
+  p.top_p = 1.0f;
+  p.min_p = 0.2f;  // keeps tokens 0 and 1 (0.27/0.73 > 0.2), drops 2 and 3
+  Sampler m(p);
+  for (int i = 0; i < 200; ++i) EXPECT_LE(m.Sample(logits, 4), 1);
+}
+
+TEST(Sampler, ValidateRejectsBadParameters) {
+  EXPECT_FALSE(Sampler::Validate({-1.0f, 0, 1.0f, 0.0f, 0}).ok());
+  EXPECT_FALSE(Sampler::Validate({NAN, 0, 1.0f, 0.0f, 0}).ok());
+  EXPECT_FALSE(Sampler::Validate({1.0f, -2, 1.0f, 0.0f, 0}).ok());
+  EXPECT_FALSE(Sampler::Validate({1.0f, 0, 0.0f, 0.0f, 0}).ok());
+  EXPECT_FALSE(Sampler::Validate({1.0f, 0, 1.5f, 0.0f, 0}).ok());
+  EXPECT_FALSE(Sampler::Validate({1.0f, 0, 1.0f, 1.0f, 0}).ok());
+  EXPECT_TRUE(Sampler::Validate({0.7f, 40, 0.9f, 0.05f, 7}).ok());
+}
+
+}  // namespace
+}  // namespace moerun

@@ -1,0 +1,26 @@
+// Builds small random .moerun files directly with ModelWriter (no converter), following the graph
+// contract, for tests of the reader, the runtime and the corrupt-file corpus.
+#pragma once
+
+#include <string>
+
+#include "runtime/core/dtype.h"
+#include "runtime/core/status.h"
+#include "runtime/model/config.h"
+
+namespace moerun::testing {
+
+struct TinyModelOptions {
+  Architecture architecture = Architecture::kDeepseekV3;
+  DType linear_dtype = DType::kBF16;  // kF8E4M3 writes 128x128 block scales
+  bool q_lora = true;
+  uint32_t seed = 1;
+};
+
+ModelConfig TinyConfig(const TinyModelOptions& o);
+Status WriteTinyModel(const std::string& path, const TinyModelOptions& o);
+
+// A fresh directory under the test temp dir, removed by the caller (or left for the OS).
+std::string TempDir(const std::string& name);
+
+}  // namespace moerun::testing
