@@ -154,7 +154,7 @@ int RunBench(int argc, char** argv) {
     const double d0 = Now();
     for (int64_t g = 0; g < gen && st == MOERUN_OK; ++g) {
       const float* logits = nullptr;
-      st = moerun_session_get_logits(s, 0, &logits);
+      st = moerun_session_get_logits(s, g == 0 ? static_cast<uint32_t>(prompt - 1) : 0, &logits);
       if (st != MOERUN_OK) break;
       tok = static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
       moerun_batch one;

@@ -82,7 +82,7 @@ TEST_P(BackendAgreementTest, CpuMatchesReference) {
   EXPECT_LE(RelL2(cpu, ref), 1e-5);
   const auto ref16 = PrefillLogits(LoadTiny(o, "reference", Precision::kBF16), ids);
   const auto cpu16 = PrefillLogits(LoadTiny(o, "cpu", Precision::kBF16), ids);
-  EXPECT_LE(RelL2(cpu16, ref16), 1e-3);
+  EXPECT_LE(RelL2(cpu16, ref16), 1e-2);  // f32 vs double accumulation, re-rounded to bf16 at every layer
   EXPECT_LE(RelL2(cpu16, ref), 3e-2);
 }
 
