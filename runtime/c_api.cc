@@ -75,11 +75,16 @@ Status ReadOptions(const T* in, T* out, const char* what) {
 moerun_status FinishLoad(moerun::Result<std::shared_ptr<moerun::ModelFile>> file, const moerun_model_options& o,
                          moerun_model** out_model) {
   if (!file.ok()) return Fail(file.status());
-  if (o.precision != MOERUN_PRECISION_F32 && o.precision != MOERUN_PRECISION_BF16)
-    return Fail(StatusCode::kInvalidArgument, "unknown precision " + std::to_string(static_cast<int>(o.precision)));
+  // Read the enum as an integer: a C caller may store any value, and loading an out-of-range value
+  // through the C++ enum type is undefined.
+  int precision = 0;
+  static_assert(sizeof(precision) == sizeof(o.precision), "enum size");
+  std::memcpy(&precision, &o.precision, sizeof(precision));
+  if (precision != MOERUN_PRECISION_F32 && precision != MOERUN_PRECISION_BF16)
+    return Fail(StatusCode::kInvalidArgument, "unknown precision " + std::to_string(precision));
   if (o.n_threads < 0) return Fail(StatusCode::kInvalidArgument, "n_threads must be >= 0");
   const std::string backend = o.backend ? o.backend : "cpu";
-  auto model = moerun::Model::Create(std::move(file).value(), backend, static_cast<moerun::Precision>(o.precision),
+  auto model = moerun::Model::Create(std::move(file).value(), backend, static_cast<moerun::Precision>(precision),
                                      o.n_threads);
   if (!model.ok()) return Fail(model.status());
   auto* handle = new (std::nothrow) moerun_model{std::move(model).value(), backend};
@@ -124,7 +129,9 @@ extern "C" {
 MOERUN_API const char* moerun_version(void) { return "0.1.0"; }
 MOERUN_API uint32_t moerun_abi_version(void) { return MOERUN_ABI_VERSION; }
 
-MOERUN_API const char* moerun_status_string(moerun_status status) {
+MOERUN_API const char* moerun_status_string(moerun_status status_value) {
+  int status = 0;
+  std::memcpy(&status, &status_value, sizeof(status));
   switch (status) {
     case MOERUN_OK: return "MOERUN_OK";
     case MOERUN_ERR_INVALID_ARGUMENT: return "MOERUN_ERR_INVALID_ARGUMENT";
@@ -143,7 +150,8 @@ MOERUN_API const char* moerun_status_string(moerun_status status) {
 MOERUN_API const char* moerun_last_error(void) { return t_last_error.c_str(); }
 
 MOERUN_API void moerun_set_log_callback(moerun_log_fn callback, void* user_data, moerun_log_level min_level) {
-  int level = static_cast<int>(min_level);
+  int level = 0;
+  std::memcpy(&level, &min_level, sizeof(level));
   if (level < 0 || level > MOERUN_LOG_SILENT) level = MOERUN_LOG_WARNING;
   if (!callback) {
     moerun::SetLogSink(nullptr, nullptr, static_cast<moerun::LogLevel>(level));

@@ -36,24 +36,54 @@ inline __mmask16 TailMask(int64_t n) {
 template <DType D>
 constexpr int64_t kElemSize = D == DType::kF32 ? 4 : (D == DType::kF8E4M3 ? 1 : 2);
 
-// e4m3 → f32 × 2^-8, exactly. Shifting the magnitude left by 7 puts e4m3's exponent into f16's
-// exponent field (bias 15 instead of 7) and its mantissa on top of f16's, and e4m3 subnormals land
-// on f16 subnormals, which vcvtph2ps converts exactly. The caller multiplies by 2^8 (folded into the
-// block scale, so the product float32(w) · scale is still rounded once, as the reference does).
-__attribute__((always_inline)) inline __m512 F8x16ToF32Over256(__m128i b) {
+// Two e4m3 → f32 decodings, both giving the value × 2^-8; callers multiply by 256 · scale, so
+// float32(w) · scale is still one rounding of the exact product, as in the reference.
+//
+// Exact (any byte): shifting the magnitude left by 7 puts e4m3's exponent into f16's exponent field
+// (bias 15 instead of 7) and its mantissa on top of f16's, and e4m3 subnormals land on f16
+// subnormals, which vcvtph2ps converts exactly (it ignores MXCSR.DAZ). 0x7f / 0xff are NaN in
+// e4m3fn but decode to ±480 that way, hence the fix-up.
+__attribute__((always_inline)) inline __m512 F8ExactOver256(__m128i b) {
   const __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7),
                                      _mm256_set1_epi16(static_cast<short>(0xbf80)));
-  const __m512i f = _mm512_castps_si512(_mm512_cvtph_ps(h));
-  // 0x7f / 0xff are NaN in e4m3fn but decode to a finite pattern above: make them ±quiet NaN.
+  const __m512 f = _mm512_cvtph_ps(h);
   const __mmask16 nan = _mm_cmpeq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8(static_cast<char>(0x80))),
                                             _mm_set1_epi8(static_cast<char>(0xff)));
-  // (f & sign) | qnan on NaN lanes.
-  return _mm512_castsi512_ps(_mm512_mask_ternarylogic_epi32(f, nan, _mm512_set1_epi32(0x7fc00000),
+  // (f & sign) | qnan on NaN lanes, as F8E4M3ToF32.
+  return _mm512_castsi512_ps(_mm512_mask_ternarylogic_epi32(_mm512_castps_si512(f), nan,
+                                                            _mm512_set1_epi32(0x7fc00000),
                                                             _mm512_set1_epi32(static_cast<int>(0x80000000u)), 0xEC));
 }
 
-// 16 weights from `row` at column c as f32 (e4m3: still to be multiplied by 256 · scale).
-template <DType D, bool kMasked>
+// Normal numbers only (exponent field 1..15, not NaN), in three integer uops instead of the seven
+// above (vcvtph2ps alone costs more than the FMA it feeds): the sign-extended byte shifted left by
+// 20 has e4m3's exponent and mantissa right below f32's exponent field, whose bias 112 + e needs no
+// carry, so one ternary-logic op masks the sign copies off and ORs the bias in. Hot loops use it on
+// segments that SegmentAllNormal has cleared; zeros, subnormals and NaN take the exact path.
+__attribute__((always_inline)) inline __m512 F8NormalOver256(__m128i b) {
+  const __m512i t = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20);
+  return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(t, _mm512_set1_epi32(static_cast<int>(0x87f00000u)),
+                                                       _mm512_set1_epi32(112 << 23), 0xEA));  // (t & m) | bias
+}
+
+// Whether all n bytes are normal e4m3 numbers: twice the byte (sign shifted out) lies in [16, 252].
+inline bool SegmentAllNormal(const uint8_t* p, int64_t n) {
+  __m512i lo = _mm512_set1_epi8(static_cast<char>(0xff)), hi = _mm512_setzero_si512();
+  for (int64_t k = 0; k < n; k += 64) {
+    const __mmask64 m = n - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - k)) - 1;
+    const __m512i v = _mm512_maskz_loadu_epi8(m, p + k);
+    const __m512i t = _mm512_add_epi8(v, v);
+    lo = _mm512_mask_min_epu8(lo, m, lo, t);
+    hi = _mm512_mask_max_epu8(hi, m, hi, t);
+  }
+  const __mmask64 bad = _mm512_cmplt_epu8_mask(lo, _mm512_set1_epi8(16)) |
+                        _mm512_cmpgt_epu8_mask(hi, _mm512_set1_epi8(static_cast<char>(252)));
+  return bad == 0;
+}
+
+// 16 weights from `row` at column c as f32 (e4m3: still to be multiplied by 256 · scale; kFast:
+// the segment is known to hold only normal numbers).
+template <DType D, bool kMasked, bool kFast = false>
 __attribute__((always_inline)) inline __m512 LoadW(const void* row, int64_t c, __mmask16 m) {
   if constexpr (D == DType::kF32) {
     const float* p = static_cast<const float*>(row) + c;
@@ -66,7 +96,8 @@ __attribute__((always_inline)) inline __m512 LoadW(const void* row, int64_t c, _
   } else {
     const uint8_t* p = static_cast<const uint8_t*>(row) + c;
     const __m128i b = kMasked ? _mm_maskz_loadu_epi8(m, p) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return F8x16ToF32Over256(b);
+    if constexpr (kFast) return F8NormalOver256(b);
+    return F8ExactOver256(b);
   }
 }
 
@@ -82,20 +113,32 @@ __attribute__((always_inline)) inline __m512i RoundToBf16Lanes(__m512 v) {
 
 __attribute__((always_inline)) inline __m512 RoundToBf16(__m512 v) { return _mm512_castsi512_ps(RoundToBf16Lanes(v)); }
 
+// e4m3 block scales without a division per block (64-bit divides would cost more than the dot
+// products of a 128-column run): ScaleRow once per row, then ScaleAt(block) and BlockEnd(block).
 template <DType D>
-__attribute__((always_inline)) inline __m512 BlockScale(const WeightView& w, int64_t r, int64_t c) {
-  if constexpr (D == DType::kF8E4M3) {
-    return _mm512_set1_ps(256.0f * w.scale[(r / w.block_rows) * w.scale_cols + c / w.block_cols]);
-  } else {
-    return _mm512_set1_ps(1.0f);
-  }
+__attribute__((always_inline)) inline const float* ScaleRow(const WeightView& w, int64_t r) {
+  if constexpr (D == DType::kF8E4M3) return w.scale + (r / w.block_rows) * w.scale_cols;
+  return nullptr;
 }
 
-// End of the run of columns starting at c that share one scale (the whole row unless e4m3).
+// 256 · scale (the 2^8 completes the e4m3 conversion, see F8x16ToF32Over256); 1 for other dtypes.
 template <DType D>
-__attribute__((always_inline)) inline int64_t SegmentEnd(const WeightView& w, int64_t c, int64_t end) {
-  if constexpr (D == DType::kF8E4M3) return Min(end, (c / w.block_cols + 1) * w.block_cols);
+__attribute__((always_inline)) inline __m512 ScaleAt(const float* scale_row, int64_t block) {
+  if constexpr (D == DType::kF8E4M3) return _mm512_set1_ps(256.0f * scale_row[block]);
+  return _mm512_set1_ps(1.0f);
+}
+
+// End of the run of columns of scale block `block` (the whole row unless e4m3), clipped to end.
+template <DType D>
+__attribute__((always_inline)) inline int64_t BlockEnd(const WeightView& w, int64_t block, int64_t end) {
+  if constexpr (D == DType::kF8E4M3) return Min(end, (block + 1) * w.block_cols);
   return end;
+}
+
+template <DType D>
+__attribute__((always_inline)) inline int64_t FirstBlock(const WeightView& w, int64_t c) {
+  if constexpr (D == DType::kF8E4M3) return c / w.block_cols;
+  return 0;
 }
 
 inline const void* RowPtr(const WeightView& w, int64_t r, int64_t elem_size) {
@@ -104,41 +147,73 @@ inline const void* RowPtr(const WeightView& w, int64_t r, int64_t elem_size) {
 
 // ---- direct path: R weight rows × C activation rows, weights converted in registers -------------
 
-template <DType D, bool kRound, bool kMasked, int R, int C>
+// How a direct step applies the e4m3 block scale: not at all (other dtypes), to every weight (needed
+// when rounding to bf16, or when the tile's rows straddle two scale rows), or to the C activation
+// vectors instead of the R weight vectors (fewer multiplies; the products differ only in rounding).
+enum class Scale { kNone, kWeights, kActivations };
+
+template <DType D, bool kRound, Scale kScale, bool kFast, bool kMasked, int R, int C>
 __attribute__((always_inline)) inline void DirectStep(const void* const* rows, const float* x, int64_t ldx, int64_t c,
                                                       __mmask16 m, const __m512* sv, __m512 (&acc)[R][C]) {
   __m512 xv[C];
 #pragma GCC unroll 8
-  for (int j = 0; j < C; ++j) xv[j] = kMasked ? _mm512_maskz_loadu_ps(m, x + j * ldx + c) : _mm512_loadu_ps(x + j * ldx + c);
+  for (int j = 0; j < C; ++j) {
+    xv[j] = kMasked ? _mm512_maskz_loadu_ps(m, x + j * ldx + c) : _mm512_loadu_ps(x + j * ldx + c);
+    if constexpr (kScale == Scale::kActivations) xv[j] = _mm512_mul_ps(xv[j], sv[0]);
+  }
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
-    __m512 wv = LoadW<D, kMasked>(rows[i], c, m);
-    if constexpr (D == DType::kF8E4M3) wv = _mm512_mul_ps(wv, sv[i]);
+    __m512 wv = LoadW<D, kMasked, kFast>(rows[i], c, m);
+    if constexpr (kScale == Scale::kWeights) wv = _mm512_mul_ps(wv, sv[i]);
     if constexpr (kRound) wv = RoundToBf16(wv);
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
   }
 }
 
+template <DType D, bool kRound, Scale kScale, bool kFast, int R, int C>
+__attribute__((always_inline)) inline void DirectSegment(const void* const* rows, const float* x, int64_t ldx,
+                                                         int64_t c0, int64_t c1, const __m512* sv,
+                                                         __m512 (&acc)[R][C]) {
+  int64_t c = c0;
+  for (; c + 16 <= c1; c += 16)
+    DirectStep<D, kRound, kScale, kFast, false, R, C>(rows, x, ldx, c, 0xffff, sv, acc);
+  if (c < c1) DirectStep<D, kRound, kScale, kFast, true, R, C>(rows, x, ldx, c, TailMask(c1 - c), sv, acc);
+}
+
 template <DType D, bool kRound, int R, int C>
 void DirectTile(const WeightView& w, int64_t r0, const float* x, int64_t ldx, float* y, int64_t ldy) {
   const int64_t K = w.cols;
   const void* rows[R];
+  const float* scale_rows[R];
   __m512 acc[R][C];
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     rows[i] = RowPtr(w, r0 + i, kElemSize<D>);
+    scale_rows[i] = ScaleRow<D>(w, r0 + i);
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
   }
-  for (int64_t c0 = 0; c0 < K;) {
-    const int64_t c1 = SegmentEnd<D>(w, c0, K);
+  const bool one_scale_row = scale_rows[0] == scale_rows[R - 1];
+  for (int64_t c0 = 0, block = 0; c0 < K; ++block) {
+    const int64_t c1 = BlockEnd<D>(w, block, K);
     __m512 sv[R];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) sv[i] = BlockScale<D>(w, r0 + i, c0);
-    int64_t c = c0;
-    for (; c + 16 <= c1; c += 16) DirectStep<D, kRound, false, R, C>(rows, x, ldx, c, 0xffff, sv, acc);
-    if (c < c1) DirectStep<D, kRound, true, R, C>(rows, x, ldx, c, TailMask(c1 - c), sv, acc);
+    for (int i = 0; i < R; ++i) sv[i] = ScaleAt<D>(scale_rows[i], block);
+    if constexpr (D == DType::kF8E4M3) {
+      bool normal = true;
+      for (int i = 0; i < R && normal; ++i)
+        normal = SegmentAllNormal(static_cast<const uint8_t*>(rows[i]) + c0, c1 - c0);
+      if (!normal) {
+        DirectSegment<D, kRound, Scale::kWeights, false, R, C>(rows, x, ldx, c0, c1, sv, acc);
+      } else if (!kRound && one_scale_row) {
+        DirectSegment<D, kRound, Scale::kActivations, true, R, C>(rows, x, ldx, c0, c1, sv, acc);
+      } else {
+        DirectSegment<D, kRound, Scale::kWeights, true, R, C>(rows, x, ldx, c0, c1, sv, acc);
+      }
+    } else {
+      DirectSegment<D, kRound, Scale::kNone, false, R, C>(rows, x, ldx, c0, c1, sv, acc);
+    }
     c0 = c1;
   }
 #pragma GCC unroll 8
@@ -179,9 +254,10 @@ void ConvertBlock(const WeightView& w, int64_t r0, int64_t nr, int64_t k0, int64
   for (int64_t i = 0; i < nr; ++i) {
     const void* row = RowPtr(w, r0 + i, kElemSize<D>);
     float* out = buf + i * ldb;
-    for (int64_t c0 = k0; c0 < kend;) {
-      const int64_t c1 = SegmentEnd<D>(w, c0, kend);
-      const __m512 s = BlockScale<D>(w, r0 + i, c0);
+    const float* scale_row = ScaleRow<D>(w, r0 + i);
+    for (int64_t c0 = k0, block = FirstBlock<D>(w, k0); c0 < kend; ++block) {
+      const int64_t c1 = BlockEnd<D>(w, block, kend);
+      const __m512 s = ScaleAt<D>(scale_row, block);
       int64_t c = c0;
       for (; c + 16 <= c1; c += 16) {
         __m512 v = LoadW<D, false>(row, c, 0xffff);
@@ -334,9 +410,10 @@ void RowsToBf16Typed(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out)
   for (int64_t r = r0; r < r1; ++r) {
     const void* row = RowPtr(w, r, kElemSize<D>);
     uint16_t* o = out + (r - r0) * K;
-    for (int64_t c0 = 0; c0 < K;) {
-      const int64_t c1 = SegmentEnd<D>(w, c0, K);
-      const __m512 s = BlockScale<D>(w, r, c0);
+    const float* scale_row = ScaleRow<D>(w, r);
+    for (int64_t c0 = 0, block = 0; c0 < K; ++block) {
+      const int64_t c1 = BlockEnd<D>(w, block, K);
+      const __m512 s = ScaleAt<D>(scale_row, block);
       for (int64_t c = c0; c < c1; c += 16) {
         const __mmask16 m = TailMask(c1 - c);
         __m512 v = LoadW<D, true>(row, c, m);

@@ -23,7 +23,7 @@ struct AlignedBuffer {
   size_t n = 0;
   explicit AlignedBuffer(const std::vector<uint8_t>& bytes) : n(bytes.size()) {
     p = std::aligned_alloc(4096, AlignUp(std::max<size_t>(n, 1), 4096));
-    std::memcpy(p, bytes.data(), n);
+    if (n > 0) std::memcpy(p, bytes.data(), n);
   }
   ~AlignedBuffer() { std::free(p); }
 };

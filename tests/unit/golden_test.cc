@@ -27,6 +27,8 @@ struct Fixture {
   std::string dir;
 };
 
+void PrintTo(const Fixture& f, std::ostream* os) { *os << f.name; }
+
 std::vector<Fixture> FindFixtures() {
   std::vector<Fixture> out;
   for (const auto& [prefix, root] : {std::pair<std::string, std::string>{"own_", MOERUN_TEST_DATA_DIR "/golden"},
@@ -121,7 +123,9 @@ void CheckFixture(const Fixture& fx, const std::string& model_path, const PathCa
     std::vector<float> ours(prefill.size());
     for (size_t t = 0; t < prompt.size(); ++t) std::memcpy(&ours[t * V], s.Logits(t).value(), V * sizeof(float));
     const double prefill_err = RelL2(ours.data(), prefill.data(), prefill.size());
-    if (pc.matrix_bound > 0) EXPECT_LE(prefill_err, pc.matrix_bound) << "prompt " << i;
+    if (pc.matrix_bound > 0) {
+      EXPECT_LE(prefill_err, pc.matrix_bound) << "prompt " << i;
+    }
 
     // Decode step by step, feeding the reference tokens (so every row stays comparable) and checking
     // our greedy choice wherever the reference margin is clear.
@@ -139,12 +143,15 @@ void CheckFixture(const Fixture& fx, const std::string& model_path, const PathCa
         const bool agree = Sampler::Argmax(&dec[step * V], V) == generated[step];
         checked++;
         agreed += agree;
-        if (pc.min_agreement >= 1.0)
+        if (pc.min_agreement >= 1.0) {
           EXPECT_TRUE(agree) << "prompt " << i << " step " << step << " margin " << margin[step];
+        }
       }
     }
     const double decode_err = RelL2(dec.data(), decode.data(), decode.size());
-    if (pc.matrix_bound > 0) EXPECT_LE(decode_err, pc.matrix_bound) << "prompt " << i;
+    if (pc.matrix_bound > 0) {
+      EXPECT_LE(decode_err, pc.matrix_bound) << "prompt " << i;
+    }
     std::vector<double> rows = RowErrors(ours, prefill, V);
     const std::vector<double> drows = RowErrors(dec, decode, V);
     rows.insert(rows.end(), drows.begin(), drows.end());

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <sstream>
 #include <vector>
 
 #include "runtime/exec/session.h"
@@ -69,6 +70,11 @@ struct Variant {
   Architecture arch;
 };
 
+void PrintTo(const Variant& v, std::ostream* os) {
+  *os << DTypeName(v.dtype) << (v.q_lora ? "_q_lora" : "_q_proj")
+      << (v.arch == Architecture::kDeepseekV2 ? "_v2" : "_v3");
+}
+
 class BackendAgreementTest : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(BackendAgreementTest, CpuMatchesReference) {
@@ -90,7 +96,12 @@ INSTANTIATE_TEST_SUITE_P(Variants, BackendAgreementTest,
                          ::testing::Values(Variant{DType::kBF16, true, Architecture::kDeepseekV3},
                                            Variant{DType::kF8E4M3, true, Architecture::kDeepseekV3},
                                            Variant{DType::kF32, false, Architecture::kDeepseekV2},
-                                           Variant{DType::kBF16, false, Architecture::kDeepseekV2}));
+                                           Variant{DType::kBF16, false, Architecture::kDeepseekV2}),
+                         [](const ::testing::TestParamInfo<Variant>& i) {
+                           std::ostringstream os;
+                           PrintTo(i.param, &os);
+                           return os.str();
+                         });
 
 TEST(Session, IncrementalDecodeEqualsPrefill) {
   auto m = LoadTiny({}, "cpu", Precision::kF32);
