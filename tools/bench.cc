@@ -14,6 +14,7 @@
 
 #include "moerun/moerun.h"
 #include "runtime/format/model_file.h"
+#include "tools/bandwidth_probe.h"
 #include "tools/cli_util.h"
 
 namespace moerun::cli {
@@ -33,30 +34,6 @@ Stat Summarise(std::vector<double> v) {
   s.max = v.back();
   s.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
   return s;
-}
-
-// Read bandwidth: threads sum disjoint slices of a buffer far larger than the caches. Best of passes.
-double BandwidthProbe(int threads, size_t bytes) {
-  const size_t n = bytes / sizeof(uint64_t);
-  uint64_t* buf = static_cast<uint64_t*>(std::aligned_alloc(4096, n * sizeof(uint64_t)));
-  if (!buf) return 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = i;
-  double best = 0.0;
-  volatile uint64_t sink = 0;
-  for (int pass = 0; pass < 5; ++pass) {
-    const double t0 = Now();
-    uint64_t total = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
-    for (size_t i = 0; i < n; i += 8) {
-      total += buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3] + buf[i + 4] + buf[i + 5] + buf[i + 6] + buf[i + 7];
-    }
-    const double dt = Now() - t0;
-    sink = sink + total;
-    best = std::max(best, bytes / dt);
-  }
-  std::free(buf);
-  return best;
 }
 
 // Weight bytes one decode token reads at batch 1: every main-graph weight except the embedding
@@ -109,7 +86,7 @@ int RunBench(int argc, char** argv) {
   const std::string backend = args.Get("--backend", "cpu");
   const int nthreads = threads > 0 ? static_cast<int>(threads) : omp_get_max_threads();
 
-  const double bw = BandwidthProbe(nthreads, static_cast<size_t>(probe_mib) << 20);
+  const double bw = ReadBandwidth(nthreads, static_cast<size_t>(probe_mib) << 20);
 
   auto file = ModelFile::Open(args.positional()[0], VerifyOptions{});
   if (!file.ok()) return Fail(file.status().message());

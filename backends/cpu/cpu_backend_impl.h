@@ -34,7 +34,9 @@ class CpuBackend final : public Backend {
   Precision precision() const override { return precision_; }
   const CpuFeatures& features() const { return features_; }
 
-  // bf16 precision only: keeps a bf16 copy of every non-bf16 weight (see matmul.cc for the cost).
+  // bf16 precision: keeps a bf16 copy of every non-bf16 weight (see matmul.cc for the cost). Both:
+  // notes which blocks of each e4m3 weight hold only normal numbers, for the fast decoding. The
+  // views' memory must outlive the backend (both are keyed by WeightView::data).
   Status PrepareWeights(const std::vector<WeightView>& weights) override;
   void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const override;
   void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,
@@ -44,7 +46,7 @@ class CpuBackend final : public Backend {
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) const override;
   void MlaAttention(const MlaAttentionArgs& args) const override;
 
-  // Bytes held by PrepareWeights copies (for tests and memory reports).
+  // Bytes held by PrepareWeights copies and flags (for tests and memory reports).
   int64_t PreparedBytes() const;
 
  private:
@@ -53,12 +55,18 @@ class CpuBackend final : public Backend {
     DType source = DType::kF32;
     std::unique_ptr<uint16_t[]> data;  // [rows, cols]
   };
+  struct F8Flags {
+    int64_t rows = 0, cols = 0, block_cols = 0;
+    std::vector<uint8_t> special;  // avx512::F8SpecialFlags of all row groups
+  };
 
   // Own kernels (AVX-512 or scalar); x already rounded to bf16 when round_bf16.
   void LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
                  bool round_bf16) const;
   void LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   const uint16_t* FindBf16Copy(const WeightView& w) const;
+  const uint8_t* FindF8Flags(const WeightView& w) const;
+  void PrepareF8Flags(const WeightView& w);
   // False when oneDNN failed (already logged); the caller then runs an own kernel.
   bool OnednnF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   bool OnednnBf16(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t M, float* y,
@@ -68,8 +76,9 @@ class CpuBackend final : public Backend {
   CpuFeatures features_;
   std::unique_ptr<OnednnState> onednn_;  // null when oneDNN is off or failed to start
 
-  mutable std::shared_mutex copies_mu_;
-  std::unordered_map<const void*, Bf16Copy> copies_;  // keyed by WeightView::data
+  mutable std::shared_mutex prepared_mu_;
+  std::unordered_map<const void*, Bf16Copy> copies_;   // keyed by WeightView::data
+  std::unordered_map<const void*, F8Flags> f8_flags_;  // keyed by WeightView::data
 };
 
 // Check what the kernels rely on; false → Linear logs and writes zeros.
@@ -86,8 +95,16 @@ void LinearScalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, f
 namespace avx512 {
 
 // y[m, 0:rows] = W x[m]; weights widened to f32 exactly in registers (FP8 times its block scale),
-// then rounded to bf16 when round_bf16. Parallel over output rows with OpenMP.
-void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy, bool round_bf16);
+// then rounded to bf16 when round_bf16. Parallel over output rows with OpenMP. f8_special: the
+// F8SpecialFlags of an e4m3 weight, or null (then every block takes the slower exact decoding).
+void Linear(const WeightView& w, const uint8_t* f8_special, const float* x, int64_t ldx, int64_t M, float* y,
+            int64_t ldy, bool round_bf16);
+
+// e4m3 only: for row groups [g0, g1) (4 rows each), one byte per scale block, 1 when the rows'
+// bytes in that block include a zero, subnormal or NaN (which the fast decoding does not handle).
+// flags has (g1 - g0) · F8BlocksPerRow(w) entries.
+void F8SpecialFlags(const WeightView& w, int64_t g0, int64_t g1, uint8_t* flags);
+int64_t F8BlocksPerRow(const WeightView& w);
 
 // Rows [r0, r1) of W dequantised and rounded to bf16 (round to nearest even, as F32ToBf16).
 void WeightRowsToBf16(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out);

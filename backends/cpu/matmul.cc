@@ -210,7 +210,7 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
 void CpuBackend::LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
                            bool round_bf16) const {
   if (features_.avx512) {
-    avx512::Linear(w, x, ldx, M, y, ldy, round_bf16);
+    avx512::Linear(w, FindF8Flags(w), x, ldx, M, y, ldy, round_bf16);
   } else {
     LinearScalar(w, x, ldx, M, y, ldy, round_bf16, false);
   }
@@ -263,7 +263,7 @@ void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, in
     }
     if (have) {
       for (int64_t m = 0; m < M; ++m) avx512::RoundToBf16Floats(x + m * ldx, K, xr.data() + m * K);
-      avx512::Linear(v, xr.data(), K, M, y, ldy, round_w);
+      avx512::Linear(v, FindF8Flags(v), xr.data(), K, M, y, ldy, round_w);
       return;
     }
   }
@@ -282,8 +282,11 @@ void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, in
 // with the same shape would be served stale copies).
 
 Status CpuBackend::PrepareWeights(const std::vector<WeightView>& weights) {
-  if (precision_ != Precision::kBF16) return Status::Ok();
   try {
+    if (precision_ == Precision::kF32) {
+      for (const WeightView& w : weights) PrepareF8Flags(w);
+      return Status::Ok();
+    }
     const int64_t available = AvailableMemoryBytes();
     const int64_t budget = available > 0 ? available / 4 * 3 : INT64_MAX;
     int64_t used = 0, skipped = 0, skipped_bytes = 0;
@@ -297,6 +300,7 @@ Status CpuBackend::PrepareWeights(const std::vector<WeightView>& weights) {
       if (!data) {
         ++skipped;
         skipped_bytes += bytes;
+        PrepareF8Flags(w);  // the own kernel will decode it on the fly
         continue;
       }
       const int64_t chunks = (w.rows + 15) / 16;
@@ -310,7 +314,7 @@ Status CpuBackend::PrepareWeights(const std::vector<WeightView>& weights) {
             for (int64_t c = 0; c < w.cols; ++c) data[r * w.cols + c] = F32ToBf16(w.At(r, c));
         }
       }
-      std::unique_lock lock(copies_mu_);
+      std::unique_lock lock(prepared_mu_);
       copies_[w.data] = Bf16Copy{w.rows, w.cols, w.dtype, std::move(data)};
       used += bytes;
     }
@@ -326,8 +330,33 @@ Status CpuBackend::PrepareWeights(const std::vector<WeightView>& weights) {
   return Status::Ok();
 }
 
+// One byte per 4 rows × 128 columns: 0.2% of an e4m3 weight's size.
+void CpuBackend::PrepareF8Flags(const WeightView& w) {
+  if (!features_.avx512 || w.dtype != DType::kF8E4M3 || !ValidWeight(w) || w.cols == 0 || FindF8Flags(w)) return;
+  F8Flags f{w.rows, w.cols, w.block_cols, {}};
+  const int64_t groups = (w.rows + 3) / 4, blocks = avx512::F8BlocksPerRow(w);
+  f.special.resize(static_cast<size_t>(groups * blocks));
+  constexpr int64_t kGroupsPerTask = 64;
+#pragma omp parallel for schedule(static)
+  for (int64_t g0 = 0; g0 < groups; g0 += kGroupsPerTask) {
+    avx512::F8SpecialFlags(w, g0, std::min(groups, g0 + kGroupsPerTask), f.special.data() + g0 * blocks);
+  }
+  std::unique_lock lock(prepared_mu_);
+  f8_flags_.emplace(w.data, std::move(f));
+}
+
+const uint8_t* CpuBackend::FindF8Flags(const WeightView& w) const {
+  if (w.dtype != DType::kF8E4M3) return nullptr;
+  std::shared_lock lock(prepared_mu_);
+  auto it = f8_flags_.find(w.data);
+  if (it == f8_flags_.end() || it->second.rows != w.rows || it->second.cols != w.cols ||
+      it->second.block_cols != w.block_cols)
+    return nullptr;
+  return it->second.special.data();
+}
+
 const uint16_t* CpuBackend::FindBf16Copy(const WeightView& w) const {
-  std::shared_lock lock(copies_mu_);
+  std::shared_lock lock(prepared_mu_);
   auto it = copies_.find(w.data);
   if (it == copies_.end() || it->second.rows != w.rows || it->second.cols != w.cols || it->second.source != w.dtype)
     return nullptr;
@@ -335,9 +364,10 @@ const uint16_t* CpuBackend::FindBf16Copy(const WeightView& w) const {
 }
 
 int64_t CpuBackend::PreparedBytes() const {
-  std::shared_lock lock(copies_mu_);
+  std::shared_lock lock(prepared_mu_);
   int64_t total = 0;
   for (const auto& [key, copy] : copies_) total += copy.rows * copy.cols * 2;
+  for (const auto& [key, flags] : f8_flags_) total += static_cast<int64_t>(flags.special.size());
   return total;
 }
 

@@ -145,6 +145,19 @@ inline const void* RowPtr(const WeightView& w, int64_t r, int64_t elem_size) {
   return static_cast<const char*>(w.data) + r * w.cols * elem_size;
 }
 
+// A weight plus what PrepareWeights learned about it: for e4m3, one flag per (group of 4 rows, scale
+// block) telling whether it holds any byte that is not a normal number. Without flags every block
+// takes the exact decoding.
+struct Source {
+  const WeightView& w;
+  const uint8_t* f8_special;
+  int64_t blocks_per_row;
+  bool FastF8(int64_t r0, int64_t r1, int64_t block) const {  // rows [r0, r1]
+    return f8_special && !f8_special[(r0 / 4) * blocks_per_row + block] &&
+           !f8_special[(r1 / 4) * blocks_per_row + block];
+  }
+};
+
 // ---- direct path: R weight rows × C activation rows, weights converted in registers -------------
 
 // How a direct step applies the e4m3 block scale: not at all (other dtypes), to every weight (needed
@@ -182,7 +195,8 @@ __attribute__((always_inline)) inline void DirectSegment(const void* const* rows
 }
 
 template <DType D, bool kRound, int R, int C>
-void DirectTile(const WeightView& w, int64_t r0, const float* x, int64_t ldx, float* y, int64_t ldy) {
+void DirectTile(const Source& src, int64_t r0, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  const WeightView& w = src.w;
   const int64_t K = w.cols;
   const void* rows[R];
   const float* scale_rows[R];
@@ -201,10 +215,7 @@ void DirectTile(const WeightView& w, int64_t r0, const float* x, int64_t ldx, fl
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) sv[i] = ScaleAt<D>(scale_rows[i], block);
     if constexpr (D == DType::kF8E4M3) {
-      bool normal = true;
-      for (int i = 0; i < R && normal; ++i)
-        normal = SegmentAllNormal(static_cast<const uint8_t*>(rows[i]) + c0, c1 - c0);
-      if (!normal) {
+      if (!src.FastF8(r0, r0 + R - 1, block)) {
         DirectSegment<D, kRound, Scale::kWeights, false, R, C>(rows, x, ldx, c0, c1, sv, acc);
       } else if (!kRound && one_scale_row) {
         DirectSegment<D, kRound, Scale::kActivations, true, R, C>(rows, x, ldx, c0, c1, sv, acc);
@@ -223,58 +234,70 @@ void DirectTile(const WeightView& w, int64_t r0, const float* x, int64_t ldx, fl
 }
 
 template <DType D, bool kRound, int C>
-void DirectRowsC(const WeightView& w, int64_t r0, int64_t nr, const float* x, int64_t ldx, float* y, int64_t ldy) {
+void DirectRowsC(const Source& src, int64_t r0, int64_t nr, const float* x, int64_t ldx, float* y, int64_t ldy) {
   int64_t i = 0;
-  for (; i + kTileRows <= nr; i += kTileRows) DirectTile<D, kRound, kTileRows, C>(w, r0 + i, x, ldx, y, ldy);
-  for (; i < nr; ++i) DirectTile<D, kRound, 1, C>(w, r0 + i, x, ldx, y, ldy);
+  for (; i + kTileRows <= nr; i += kTileRows) DirectTile<D, kRound, kTileRows, C>(src, r0 + i, x, ldx, y, ldy);
+  for (; i < nr; ++i) DirectTile<D, kRound, 1, C>(src, r0 + i, x, ldx, y, ldy);
 }
 
 // Rows [r0, r0 + nr) for all M activation rows, kDirectMaxM at a time.
 template <DType D, bool kRound>
-void DirectRows(const WeightView& w, int64_t r0, int64_t nr, const float* x, int64_t ldx, int64_t M, float* y,
+void DirectRows(const Source& src, int64_t r0, int64_t nr, const float* x, int64_t ldx, int64_t M, float* y,
                 int64_t ldy) {
   for (int64_t m0 = 0; m0 < M; m0 += kDirectMaxM) {
     const float* xm = x + m0 * ldx;
     float* ym = y + m0 * ldy;
     switch (Min(kDirectMaxM, M - m0)) {
-      case 1: DirectRowsC<D, kRound, 1>(w, r0, nr, xm, ldx, ym, ldy); break;
-      case 2: DirectRowsC<D, kRound, 2>(w, r0, nr, xm, ldx, ym, ldy); break;
-      case 3: DirectRowsC<D, kRound, 3>(w, r0, nr, xm, ldx, ym, ldy); break;
-      default: DirectRowsC<D, kRound, 4>(w, r0, nr, xm, ldx, ym, ldy); break;
+      case 1: DirectRowsC<D, kRound, 1>(src, r0, nr, xm, ldx, ym, ldy); break;
+      case 2: DirectRowsC<D, kRound, 2>(src, r0, nr, xm, ldx, ym, ldy); break;
+      case 3: DirectRowsC<D, kRound, 3>(src, r0, nr, xm, ldx, ym, ldy); break;
+      default: DirectRowsC<D, kRound, 4>(src, r0, nr, xm, ldx, ym, ldy); break;
     }
   }
 }
 
 // ---- buffered path: a weight block converted once to f32, then register-tiled against x ----------
 
+// Columns [c0, c1) of one row (one scale run) → out[c0 - k0 ...], dequantised (and rounded).
+template <DType D, bool kRound, bool kFast>
+__attribute__((always_inline)) inline void ConvertRun(const void* row, int64_t c0, int64_t c1, __m512 s, float* out) {
+  int64_t c = c0;
+  for (; c + 16 <= c1; c += 16) {
+    __m512 v = LoadW<D, false, kFast>(row, c, 0xffff);
+    if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
+    if constexpr (kRound) v = RoundToBf16(v);
+    _mm512_storeu_ps(out + c, v);
+  }
+  if (c < c1) {
+    const __mmask16 m = TailMask(c1 - c);
+    __m512 v = LoadW<D, true, kFast>(row, c, m);
+    if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
+    if constexpr (kRound) v = RoundToBf16(v);
+    _mm512_mask_storeu_ps(out + c, m, v);
+  }
+}
+
 // Rows [r0, r0 + nr), columns [k0, k0 + kc) → buf[nr][ldb], zero-padded to ldb columns.
 template <DType D, bool kRound>
-void ConvertBlock(const WeightView& w, int64_t r0, int64_t nr, int64_t k0, int64_t kc, float* buf, int64_t ldb) {
+void ConvertBlock(const Source& src, int64_t r0, int64_t nr, int64_t k0, int64_t kc, float* buf, int64_t ldb) {
+  const WeightView& w = src.w;
   const int64_t kend = k0 + kc;
   for (int64_t i = 0; i < nr; ++i) {
-    const void* row = RowPtr(w, r0 + i, kElemSize<D>);
-    float* out = buf + i * ldb;
-    const float* scale_row = ScaleRow<D>(w, r0 + i);
+    const int64_t r = r0 + i;
+    const void* row = RowPtr(w, r, kElemSize<D>);
+    float* out = buf + i * ldb - k0;  // indexed by absolute column below
+    const float* scale_row = ScaleRow<D>(w, r);
     for (int64_t c0 = k0, block = FirstBlock<D>(w, k0); c0 < kend; ++block) {
       const int64_t c1 = BlockEnd<D>(w, block, kend);
       const __m512 s = ScaleAt<D>(scale_row, block);
-      int64_t c = c0;
-      for (; c + 16 <= c1; c += 16) {
-        __m512 v = LoadW<D, false>(row, c, 0xffff);
-        if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
-        if constexpr (kRound) v = RoundToBf16(v);
-        _mm512_storeu_ps(out + (c - k0), v);
-      }
-      if (c < c1) {
-        const __mmask16 m = TailMask(c1 - c);
-        __m512 v = LoadW<D, true>(row, c, m);
-        if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
-        if constexpr (kRound) v = RoundToBf16(v);
-        _mm512_mask_storeu_ps(out + (c - k0), m, v);
+      if (D == DType::kF8E4M3 && src.FastF8(r, r, block)) {
+        ConvertRun<D, kRound, true>(row, c0, c1, s, out);
+      } else {
+        ConvertRun<D, kRound, false>(row, c0, c1, s, out);
       }
       c0 = c1;
     }
-    for (int64_t c = kc; c < ldb; ++c) out[c] = 0.0f;
+    for (int64_t c = kc; c < ldb; ++c) buf[i * ldb + c] = 0.0f;
   }
 }
 
@@ -345,13 +368,14 @@ float* ThreadBlockBuffer() {
 }
 
 template <DType D, bool kRound>
-void BufferedRows(const WeightView& w, int64_t r0, int64_t nr, const float* x, int64_t ldx, int64_t M, float* y,
+void BufferedRows(const Source& src, int64_t r0, int64_t nr, const float* x, int64_t ldx, int64_t M, float* y,
                   int64_t ldy, float* buf) {
+  const WeightView& w = src.w;
   const int64_t K = w.cols;
   for (int64_t k0 = 0; k0 < K; k0 += kBlockCols) {
     const int64_t kc = Min(kBlockCols, K - k0);
     const int64_t ldb = RoundUp16(kc);
-    ConvertBlock<D, kRound>(w, r0, nr, k0, kc, buf, ldb);
+    ConvertBlock<D, kRound>(src, r0, nr, k0, kc, buf, ldb);
     for (int64_t m0 = 0; m0 < M; m0 += kTileM) {
       const int64_t C = Min(kTileM, M - m0);
       const float* xm = x + m0 * ldx + k0;
@@ -365,7 +389,8 @@ void BufferedRows(const WeightView& w, int64_t r0, int64_t nr, const float* x, i
 }
 
 template <DType D, bool kRound>
-void LinearTyped(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+void LinearTyped(const Source& src, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+  const WeightView& w = src.w;
   const int64_t N = w.rows;
   const bool parallel = N * w.cols * (M < 8 ? 1 : 4) >= kMinParallelElems;
   if (M <= kDirectMaxM) {
@@ -374,7 +399,7 @@ void LinearTyped(const WeightView& w, const float* x, int64_t ldx, int64_t M, fl
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t r0 = t * kTileRows;
-      DirectRows<D, kRound>(w, r0, Min(kTileRows, N - r0), x, ldx, M, y, ldy);
+      DirectRows<D, kRound>(src, r0, Min(kTileRows, N - r0), x, ldx, M, y, ldy);
     }
     return;
   }
@@ -386,21 +411,22 @@ void LinearTyped(const WeightView& w, const float* x, int64_t ldx, int64_t M, fl
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kBlockRows, nr = Min(kBlockRows, N - r0);
       if (buf) {
-        BufferedRows<D, kRound>(w, r0, nr, x, ldx, M, y, ldy, buf);
+        BufferedRows<D, kRound>(src, r0, nr, x, ldx, M, y, ldy, buf);
       } else {
-        DirectRows<D, kRound>(w, r0, nr, x, ldx, M, y, ldy);
+        DirectRows<D, kRound>(src, r0, nr, x, ldx, M, y, ldy);
       }
     }
   }
 }
 
 template <bool kRound>
-void LinearRound(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+void LinearRound(const Source& src, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+  const WeightView& w = src.w;
   switch (w.dtype) {
-    case DType::kF32: LinearTyped<DType::kF32, kRound>(w, x, ldx, M, y, ldy); break;
-    case DType::kBF16: LinearTyped<DType::kBF16, kRound>(w, x, ldx, M, y, ldy); break;
-    case DType::kF16: LinearTyped<DType::kF16, kRound>(w, x, ldx, M, y, ldy); break;
-    case DType::kF8E4M3: LinearTyped<DType::kF8E4M3, kRound>(w, x, ldx, M, y, ldy); break;
+    case DType::kF32: LinearTyped<DType::kF32, kRound>(src, x, ldx, M, y, ldy); break;
+    case DType::kBF16: LinearTyped<DType::kBF16, kRound>(src, x, ldx, M, y, ldy); break;
+    case DType::kF16: LinearTyped<DType::kF16, kRound>(src, x, ldx, M, y, ldy); break;
+    case DType::kF8E4M3: LinearTyped<DType::kF8E4M3, kRound>(src, x, ldx, M, y, ldy); break;
   }
 }
 
@@ -428,12 +454,30 @@ void RowsToBf16Typed(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out)
 
 }  // namespace
 
-void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy, bool round_bf16) {
+void Linear(const WeightView& w, const uint8_t* f8_special, const float* x, int64_t ldx, int64_t M, float* y,
+            int64_t ldy, bool round_bf16) {
+  const Source src{w, w.dtype == DType::kF8E4M3 ? f8_special : nullptr, F8BlocksPerRow(w)};
   if (round_bf16) {
-    LinearRound<true>(w, x, ldx, M, y, ldy);
+    LinearRound<true>(src, x, ldx, M, y, ldy);
   } else {
-    LinearRound<false>(w, x, ldx, M, y, ldy);
+    LinearRound<false>(src, x, ldx, M, y, ldy);
   }
+}
+
+int64_t F8BlocksPerRow(const WeightView& w) {
+  return w.dtype == DType::kF8E4M3 && w.block_cols > 0 ? (w.cols + w.block_cols - 1) / w.block_cols : 0;
+}
+
+void F8SpecialFlags(const WeightView& w, int64_t g0, int64_t g1, uint8_t* flags) {
+  const int64_t blocks = F8BlocksPerRow(w);
+  for (int64_t g = g0; g < g1; ++g)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = b * w.block_cols, n = Min(w.cols, c0 + w.block_cols) - c0;
+      bool normal = true;
+      for (int64_t r = 4 * g; r < Min(w.rows, 4 * g + 4) && normal; ++r)
+        normal = SegmentAllNormal(static_cast<const uint8_t*>(RowPtr(w, r, 1)) + c0, n);
+      flags[(g - g0) * blocks + b] = normal ? 0 : 1;
+    }
 }
 
 void WeightRowsToBf16(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out) {

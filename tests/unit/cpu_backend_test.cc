@@ -188,12 +188,45 @@ TEST(CpuBackendLinear, Bf16PreparedCopiesMatchReference) {
   }
 }
 
-TEST(CpuBackendLinear, F32PrecisionIgnoresPrepare) {
+TEST(CpuBackendLinear, F32PrecisionKeepsNoCopies) {
   std::mt19937 rng(3);
-  const TestWeight w = MakeWeight(DType::kF8E4M3, 40, 50, rng);
+  const TestWeight w8 = MakeWeight(DType::kF8E4M3, 40, 300, rng), w16 = MakeWeight(DType::kF16, 40, 300, rng);
+  CpuBackend be(Precision::kF32, CpuFeatures::Detect());
+  ASSERT_TRUE(be.PrepareWeights({w8.view, w16.view}).ok());
+  // At most the e4m3 block flags: one byte per 4 rows × 128 columns.
+  EXPECT_LE(be.PreparedBytes(), 10 * 3);
+}
+
+// Prepared e4m3 weights decode blocks of normal numbers on a faster path; blocks with zeros,
+// subnormals or NaN must still take the exact one, block by block.
+TEST(CpuBackendLinear, F8PreparedBlocksMixFastAndExactDecoding) {
+  std::mt19937 rng(12);
+  const int64_t rows = 37, cols = 700;
+  TestWeight w = MakeWeight(DType::kF8E4M3, rows, cols, rng);
+  for (size_t i = 0; i < w.bytes.size(); ++i)  // normal numbers only...
+    if ((w.bytes[i] & 0x78) == 0) w.bytes[i] |= 0x08;
+  w.bytes[5 * cols + 130] = 0x00;   // ...except a zero,
+  w.bytes[9 * cols + 300] = 0x83;   // a subnormal,
+  w.bytes[36 * cols + 699] = 0x80;  // a negative zero in the last row's tail block
+  for (Precision p : {Precision::kF32, Precision::kBF16}) {
+    const reference::ReferenceBackend ref(p);
+    CpuBackend be(p, CpuFeatures::Detect());
+    for (int64_t M : {1, 3, 17}) {
+      CheckLinear(be, ref, w.view, M, p == Precision::kF32 ? 2e-6 : 1e-5, "unprepared M=" + std::to_string(M));
+    }
+    ASSERT_TRUE(be.PrepareWeights({w.view}).ok());
+    for (int64_t M : {1, 3, 17}) {
+      CheckLinear(be, ref, w.view, M, p == Precision::kF32 ? 2e-6 : 1e-5, "prepared M=" + std::to_string(M));
+    }
+  }
+  // A NaN weight must reach the outputs of its row, prepared or not.
+  w.bytes[2 * cols + 10] = 0x7f;
   CpuBackend be(Precision::kF32, CpuFeatures::Detect());
   ASSERT_TRUE(be.PrepareWeights({w.view}).ok());
-  EXPECT_EQ(be.PreparedBytes(), 0);
+  std::vector<float> x(cols, 1.0f), y(rows);
+  be.Linear(w.view, x.data(), cols, 1, y.data(), rows);
+  EXPECT_TRUE(std::isnan(y[2]));
+  EXPECT_FALSE(std::isnan(y[3]));
 }
 
 TEST(CpuBackendLinear, LargeKUsesSeveralColumnBlocks) {
