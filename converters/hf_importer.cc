@@ -17,12 +17,6 @@ using R = fb::Role;
 constexpr const char* kConverterVersion = "0.1.0";
 constexpr size_t kMaxListedNames = 5;
 
-std::string ShapeString(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 std::vector<uint64_t> ScaleShape(uint64_t rows, uint64_t cols) {
   return {CeilDiv(rows, kFp8BlockSize), CeilDiv(cols, kFp8BlockSize)};
 }

@@ -11,12 +11,6 @@
 namespace moerun::cli {
 namespace {
 
-std::string Shape(const std::vector<uint64_t>& s) {
-  std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
-}
-
 const char* ScoringName(ScoringFunc s) { return s == ScoringFunc::kSoftmax ? "softmax" : "sigmoid"; }
 const char* TopkName(TopkMethod t) {
   switch (t) {
@@ -89,7 +83,7 @@ int RunInspect(int argc, char** argv) {
     for (size_t i = 0; i < f.tensors().size(); ++i) {
       const TensorInfo& t = f.tensors()[i];
       std::printf("%s{\"name\": \"%s\", \"dtype\": \"%s\", \"shape\": %s, \"bytes\": %llu%s}", i ? ", " : "",
-                  JsonEscape(t.name).c_str(), DTypeName(t.dtype), Shape(t.shape).c_str(),
+                  JsonEscape(t.name).c_str(), DTypeName(t.dtype), ShapeString(t.shape).c_str(),
                   static_cast<unsigned long long>(t.size),
                   t.scale >= 0 ? (", \"scale\": \"" + JsonEscape(f.tensors()[t.scale].name) + "\"").c_str() : "");
     }
@@ -118,7 +112,7 @@ int RunInspect(int argc, char** argv) {
   std::printf("mtp           %s\n", f.graph()->mtp_nodes() && f.graph()->mtp_nodes()->size() ? "stored (not run)" : "none");
   std::printf("\n%-48s %-8s %-22s %12s\n", "tensor", "dtype", "shape", "bytes");
   for (const TensorInfo& t : f.tensors())
-    std::printf("%-48s %-8s %-22s %12llu\n", t.name.c_str(), DTypeName(t.dtype), Shape(t.shape).c_str(),
+    std::printf("%-48s %-8s %-22s %12llu\n", t.name.c_str(), DTypeName(t.dtype), ShapeString(t.shape).c_str(),
                 static_cast<unsigned long long>(t.size));
   return 0;
 }

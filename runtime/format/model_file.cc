@@ -257,10 +257,8 @@ Status ModelFile::Verify(const VerifyOptions& options) {
     want.push_back(CeilDiv(t.shape[t.shape.size() - 2], t.block_rows));
     want.push_back(CeilDiv(t.shape.back(), t.block_cols));
     if (s.shape != want) {
-      std::string w, g;
-      for (auto d : want) w += (w.empty() ? "" : ", ") + std::to_string(d);
-      for (auto d : s.shape) g += (g.empty() ? "" : ", ") + std::to_string(d);
-      return CorruptFile(label + ": block-scale tensor '" + s.name + "' has shape [" + g + "], expected [" + w + "]");
+      return CorruptFile(label + ": block-scale tensor '" + s.name + "' has shape " + ShapeString(s.shape) +
+                         ", expected " + ShapeString(want));
     }
   }
   MOERUN_RETURN_IF_ERROR(VerifyNodes(graph_->nodes(), "graph", tensors_.size()));

@@ -8,12 +8,6 @@
 namespace moerun {
 namespace {
 
-std::string ShapeString(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 const char* RoleName(fb::Role r) { return fb::EnumNameRole(r); }
 const char* OpName(fb::Op o) { return fb::EnumNameOp(o); }
 

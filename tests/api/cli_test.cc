@@ -40,7 +40,7 @@ std::string Converted(const std::string& fixture) {
 }
 
 TEST(Cli, DumpLogitsMatchesTransformers) {
-  for (const std::string fixture : {std::string("v2lite_bf16"), std::string("v3_fp8")}) {
+  for (const std::string& fixture : std::vector<std::string>{"v2lite_bf16", "v3_fp8"}) {
     const std::string model = Converted(fixture);
     auto golden = moerun::convert::SafetensorsFile::Open(MOERUN_TEST_DATA_DIR "/golden/" + fixture + "/golden.safetensors");
     ASSERT_TRUE(golden.ok());
