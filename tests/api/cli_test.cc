@@ -97,11 +97,17 @@ TEST(Cli, SamplingIsReproducibleWithASeed) {
 
 TEST(Cli, BenchPrintsFigures) {
   const std::string model = Converted("v2lite_bf16");
-  const Result r = RunCli("bench " + model + " --prompt 16 --gen 4 --repeat 2 --probe-mib 32 --json");
+  const Result r = RunCli("bench " + model +
+                          " --prompt 16 --gen 4 --repeat 2 --probe-mib 32 --threads 1 --batch 1,2 --context 20 --json");
   ASSERT_EQ(r.code, 0) << r.out;
-  for (const char* key : {"\"prefill_tokens_per_s\"", "\"decode_tokens_per_s\"", "\"bandwidth_probe_gb_per_s\"",
-                          "\"fraction_of_probe\"", "\"peak_rss_mib\"", "\"active_weight_bytes_per_token\""})
+  for (const char* key : {"\"prefill\"", "\"tokens_per_s\"", "\"bandwidth_probe_gb_per_s\"",
+                          "\"gemm_peak_probe_gflop_per_s\"", "\"fraction_of_gemm_peak\"", "\"fraction_of_bandwidth\"",
+                          "\"time_to_first_token_s\"", "\"file_read_s\"", "\"peak_rss_mib\"",
+                          "\"active_weight_bytes_per_token\"", "\"batch\": 2", "\"context\": 20"})
     EXPECT_NE(r.out.find(key), std::string::npos) << key << " missing in " << r.out;
+  const Result text = RunCli("bench " + model + " --prompt 8 --gen 2 --repeat 1 --probe-mib 32 --threads 1");
+  ASSERT_EQ(text.code, 0) << text.out;
+  EXPECT_NE(text.out.find("decode batch 1"), std::string::npos) << text.out;
 }
 
 TEST(Cli, ErrorsAreOneLineAndNonZero) {
