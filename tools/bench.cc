@@ -155,7 +155,7 @@ class Bench {
     const double load_s = Now() - l0;
 
     std::mt19937 rng(1234);
-    std::vector<int32_t> ids(static_cast<size_t>(std::max(o_.prompt, o_.context)));
+    std::vector<int32_t> ids(static_cast<size_t>(std::max({o_.prompt, o_.context, int64_t{16}}) + o_.gen));
     for (auto& id : ids) id = static_cast<int32_t>(rng() % vocab);
 
     // Time to first token: the model is loaded; one short prompt gives the first logits.
