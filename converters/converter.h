@@ -16,8 +16,16 @@ namespace moerun::convert {
 //  kBF16: every linear weight, the embedding table and the LM head become bf16 (FP8 dequantised in
 //         f32, then rounded to nearest even).
 //  kF32:  everything f32.
+//  kFp8:  1-byte weights where DeepSeek's own FP8 checkpoints have them (MODEL_SPEC §3): q_proj /
+//         q_a_proj / q_b_proj, kv_a_proj, o_proj, dense gate/up/down, routed experts' and shared
+//         experts' gate/up/down (the MTP decoder layer's too) become F8_E4M3 with an f32 scale per
+//         128x128 block (edge blocks partial): scale = block absmax / 448, q = e4m3fn(w / scale),
+//         round to nearest even, saturating (converters/fp8_quant.h). Sources are widened to f32
+//         exactly first; an FP8 source is copied bit for bit with its scales, never requantised.
+//         The embedding table, the LM head, the MLA split of kv_b_proj (UkT, Uv) and the MTP
+//         eh_proj / embed / head become bf16 (FP8 sources dequantised in f32, then rounded).
 // Norm weights, the router and its correction bias are f32 in every mode.
-enum class WeightsMode { kKeep, kBF16, kF32 };
+enum class WeightsMode { kKeep, kBF16, kF32, kFp8 };
 
 struct ConvertOptions {
   WeightsMode weights = WeightsMode::kKeep;
@@ -29,7 +37,7 @@ struct ConvertOptions {
 // tensors, bad config values), kUnsupported (architectures, dtypes or settings this runtime lacks).
 Status ConvertHfCheckpoint(const std::string& hf_dir, const std::string& out_path, const ConvertOptions& options);
 
-// "keep" | "bf16" | "f32".
+// "keep" | "bf16" | "f32" | "fp8".
 Result<WeightsMode> ParseWeightsMode(const std::string& text);
 const char* WeightsModeName(WeightsMode mode);
 

@@ -23,6 +23,20 @@ std::vector<uint64_t> ScaleShape(uint64_t rows, uint64_t cols) {
 
 const char* RoleName(R role) { return fb::EnumNameRole(role); }
 
+// Roles stored as F8_E4M3 under --weights fp8: the linear weights DeepSeek's FP8 checkpoints
+// quantise (MODEL_SPEC §3), minus kv_b_proj, whose absorbed split (UkT, Uv) is stored bf16.
+bool IsFp8Role(R role) {
+  switch (role) {
+    case R::QProj: case R::QAProj: case R::QBProj: case R::KvAProj: case R::OProj:
+    case R::Gate: case R::Up: case R::Down:
+    case R::ExpertsGate: case R::ExpertsUp: case R::ExpertsDown:
+    case R::SharedGate: case R::SharedUp: case R::SharedDown:
+      return true;
+    default:
+      return false;
+  }
+}
+
 class Planner {
  public:
   Planner(const Checkpoint& ck, const HfConfig& hf, WeightsMode mode) : ck_(ck), hf_(hf), c_(hf.config), mode_(mode) {}
@@ -131,6 +145,9 @@ class Planner {
         // x 4 bytes ≈ 3.9 GiB instead of ≈ 1 GiB as FP8 (the absorbed path reads it once per token).
         if ((role == R::UkT || role == R::Uv) && src == DType::kF8E4M3) return DType::kF32;
         return src;
+      case WeightsMode::kFp8:
+        // FP8 sources of these roles are copied with their scales; others are block-quantised.
+        return IsFp8Role(role) ? DType::kF8E4M3 : DType::kBF16;
     }
     return InternalError("unknown weights mode");
   }
@@ -347,7 +364,8 @@ Result<WeightsMode> ParseWeightsMode(const std::string& text) {
   if (text == "keep") return WeightsMode::kKeep;
   if (text == "bf16") return WeightsMode::kBF16;
   if (text == "f32") return WeightsMode::kF32;
-  return InvalidArgument("unknown weights mode '" + text + "' (expected keep, bf16 or f32)");
+  if (text == "fp8") return WeightsMode::kFp8;
+  return InvalidArgument("unknown weights mode '" + text + "' (expected keep, bf16, f32 or fp8)");
 }
 
 const char* WeightsModeName(WeightsMode mode) {
@@ -355,6 +373,7 @@ const char* WeightsModeName(WeightsMode mode) {
     case WeightsMode::kKeep: return "keep";
     case WeightsMode::kBF16: return "bf16";
     case WeightsMode::kF32: return "f32";
+    case WeightsMode::kFp8: return "fp8";
   }
   return "unknown";
 }

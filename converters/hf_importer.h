@@ -42,7 +42,8 @@ struct SourceTensor {
 // How a planned tensor's bytes are produced from its sources.
 enum class Emit : uint8_t {
   kRows,   // the sources' rows, concatenated (one source, or E stacked experts), in spec.dtype
-  kScale,  // the sources' FP8 block scales, concatenated, as f32
+  kScale,  // the sources' FP8 block scales, concatenated, as f32 (for a source quantised by
+           // --weights fp8: the scales computed while its weight tensor was written)
   kUkT,    // W_UK of each head of kv_b_proj, transposed: [H, r_kv, d_n]
   kUv,     // W_UV of each head of kv_b_proj: [H, d_v, r_kv]
 };
@@ -78,6 +79,9 @@ class TensorStreamer {
   // Reads rows [r0, r1) of `s` converted to `out` into `dst`.
   Status ReadRows(const SourceTensor& s, uint64_t r0, uint64_t r1, DType out, std::vector<uint8_t>* dst);
   Status ReadScaleRows(const SourceTensor& s, uint64_t b0, uint64_t b1, std::vector<float>* dst);
+  // Block-quantises a non-FP8 source to F8_E4M3, one row of 128x128 blocks at a time, appending the
+  // codes and keeping the scales in pending_scales_ for the scale tensor that follows.
+  Status WriteQuantized(const SourceTensor& s, uint32_t index, ModelWriter* w);
   void Advance(uint64_t bytes);
   void Draw(bool final);
 
@@ -93,6 +97,12 @@ class TensorStreamer {
   std::vector<uint8_t> head_;
   std::vector<float> f32_;
   std::vector<float> scales_;
+  std::vector<uint8_t> q_;
+  // Block scales computed by WriteQuantized for weight tensor pending_for_, consumed by its scale
+  // tensor (written next): ceil(rows/128) * ceil(cols/128) floats per quantised source, i.e. 1/16384
+  // of the weight's element count.
+  std::vector<float> pending_scales_;
+  uint32_t pending_for_ = UINT32_MAX;
 };
 
 }  // namespace moerun::convert

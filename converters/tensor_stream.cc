@@ -1,5 +1,7 @@
 // TensorStreamer: executes an ImportPlan chunk by chunk. Peak memory is a few buffers of at most
-// kChunkElements elements (plus one head of kv_b_proj for the MLA split), whatever the model size.
+// kChunkElements elements (plus one head of kv_b_proj for the MLA split; for --weights fp8
+// quantisation, one row of 128x128 blocks, 128 x cols, and the block scales of one tensor, 1/16384
+// of its elements), whatever the model size.
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "converters/fp8_quant.h"
 #include "converters/hf_importer.h"
 #include "runtime/format/file_format.h"
 
@@ -142,20 +145,67 @@ Status TensorStreamer::WriteRows(const SourceTensor& s, uint64_t r0, uint64_t r1
   return Status::Ok();
 }
 
+Status TensorStreamer::WriteQuantized(const SourceTensor& s, uint32_t index, ModelWriter* w) {
+  const uint64_t cols = s.cols;
+  const uint64_t scols = CeilDiv(cols, kFp8BlockSize);
+  for (uint64_t r = 0; r < s.rows; r += kFp8BlockSize) {
+    const uint64_t e = std::min(s.rows, r + kFp8BlockSize);
+    MOERUN_RETURN_IF_ERROR(ReadRows(s, r, e, DType::kF32, &out_));  // exact widening to f32
+    q_.resize((e - r) * cols);
+    const size_t at = pending_scales_.size();
+    pending_scales_.resize(at + scols);
+    if (!QuantizeFp8BlockRow(reinterpret_cast<const float*>(out_.data()), e - r, cols, q_.data(),
+                             pending_scales_.data() + at))
+      return InvalidArgument("tensor '" + s.name + "' in file '" + s.file->path() + "' has a non-finite value in rows [" +
+                             std::to_string(r) + ", " + std::to_string(e) + "); it cannot be quantised to FP8");
+    MOERUN_RETURN_IF_ERROR(w->Append(index, q_.data(), q_.size()));
+    Advance(q_.size());
+  }
+  return Status::Ok();
+}
+
 Status TensorStreamer::WriteTensor(const PlannedTensor& t, uint32_t index, ModelWriter* w) {
   const DType out = t.spec.dtype;
   switch (t.emit) {
     case Emit::kRows:
-      for (const SourceTensor& s : t.sources) MOERUN_RETURN_IF_ERROR(WriteRows(s, 0, s.rows, out, index, w));
-      return Status::Ok();
-    case Emit::kScale:
+      pending_scales_.clear();
+      pending_for_ = index;
       for (const SourceTensor& s : t.sources) {
-        MOERUN_RETURN_IF_ERROR(ReadScaleRows(s, 0, CeilDiv(s.rows, kFp8BlockSize), &scales_));
-        const uint64_t bytes = scales_.size() * sizeof(float);
-        MOERUN_RETURN_IF_ERROR(w->Append(index, scales_.data(), bytes));
-        Advance(bytes);
+        if (out == DType::kF8E4M3 && s.dtype != DType::kF8E4M3) {
+          MOERUN_RETURN_IF_ERROR(WriteQuantized(s, index, w));
+        } else {
+          MOERUN_RETURN_IF_ERROR(WriteRows(s, 0, s.rows, out, index, w));
+        }
       }
       return Status::Ok();
+    case Emit::kScale: {
+      // FP8 sources: their own scales, bit for bit. Quantised sources: the scales WriteQuantized
+      // kept, in source order (the weight tensor is always the one declared just before).
+      size_t next = 0;
+      for (const SourceTensor& s : t.sources) {
+        const float* data;
+        uint64_t n;
+        if (s.dtype == DType::kF8E4M3) {
+          MOERUN_RETURN_IF_ERROR(ReadScaleRows(s, 0, CeilDiv(s.rows, kFp8BlockSize), &scales_));
+          data = scales_.data();
+          n = scales_.size();
+        } else {
+          n = CeilDiv(s.rows, kFp8BlockSize) * CeilDiv(s.cols, kFp8BlockSize);
+          if (pending_for_ + 1 != index || next + n > pending_scales_.size())
+            return InternalError("no computed block scales for '" + t.spec.name + "'");
+          data = pending_scales_.data() + next;
+          next += n;
+        }
+        const uint64_t bytes = n * sizeof(float);
+        MOERUN_RETURN_IF_ERROR(w->Append(index, data, bytes));
+        Advance(bytes);
+      }
+      if (next != pending_scales_.size() && pending_for_ + 1 == index)
+        return InternalError("block scales of '" + t.spec.name + "' left unused");
+      pending_scales_.clear();
+      pending_for_ = UINT32_MAX;
+      return Status::Ok();
+    }
     case Emit::kUkT:
     case Emit::kUv: {
       // kv_b_proj [H*(d_n+d_v), r_kv]: rows of head h are [h*(d_n+d_v), (h+1)*(d_n+d_v)), the first

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "converters/converter.h"
+#include "converters/fp8_quant.h"
 #include "converters/hf_config.h"
 #include "converters/hf_importer.h"
 #include "converters/safetensors.h"
@@ -171,11 +174,66 @@ void ExpectValues(const TensorInfo& out, const Gather& g) {
   }
 }
 
+// Checks an F8_E4M3 output quantised from non-FP8 sources (--weights fp8): per source (stacked
+// experts: one after the other), every 128x128 block (edge blocks partial) has scale = block absmax
+// / 448 (1 for an all-zero block) and codes e4m3fn(w / scale). The scalar conversion itself is
+// checked bit-exactly against an independent formulation in fp8_weights_test.cc.
+void ExpectQuantized(const TensorInfo& out, const TensorInfo& scale, const std::vector<Src>& srcs) {
+  SCOPED_TRACE(out.name);
+  uint64_t q_at = 0, s_at = 0;
+  int mismatches = 0;
+  for (const Src& s : srcs) {
+    ASSERT_NE(s.dtype, DType::kF8E4M3);
+    ASSERT_EQ(s.shape.size(), 2u);
+    const uint64_t rows = s.shape[0], cols = s.shape[1];
+    ASSERT_LE(q_at + rows * cols, out.numel);
+    ASSERT_LE(s_at + CeilDiv(rows, 128) * CeilDiv(cols, 128), scale.numel);
+    for (uint64_t br = 0; br * 128 < rows; ++br)
+      for (uint64_t bc = 0; bc * 128 < cols; ++bc) {
+        float absmax = 0;
+        for (uint64_t i = br * 128; i < std::min(rows, br * 128 + 128); ++i)
+          for (uint64_t j = bc * 128; j < std::min(cols, bc * 128 + 128); ++j)
+            absmax = std::max(absmax, std::fabs(s.f32[i * cols + j]));
+        const float want = absmax == 0 ? 1.0f : absmax / 448.0f;
+        float got;
+        std::memcpy(&got, scale.data + (s_at + br * CeilDiv(cols, 128) + bc) * 4, 4);
+        EXPECT_EQ(std::memcmp(&got, &want, 4), 0) << s.name << " block " << br << "," << bc << ": " << got
+                                                  << " vs " << want;
+        for (uint64_t i = br * 128; i < std::min(rows, br * 128 + 128) && mismatches < 5; ++i)
+          for (uint64_t j = bc * 128; j < std::min(cols, bc * 128 + 128); ++j) {
+            const uint8_t code = out.data[q_at + i * cols + j];
+            if (code != F32ToF8E4M3(s.f32[i * cols + j] / want)) {
+              ADD_FAILURE() << s.name << "[" << i << ", " << j << "] = " << s.f32[i * cols + j] << " quantised to 0x"
+                            << std::hex << int{code} << std::dec;
+              if (++mismatches >= 5) break;
+            }
+          }
+      }
+    q_at += rows * cols;
+    s_at += CeilDiv(rows, 128) * CeilDiv(cols, 128);
+  }
+  EXPECT_EQ(q_at, out.numel);
+  EXPECT_EQ(s_at, scale.numel);
+}
+
+// Roles that --weights fp8 stores as F8_E4M3 (MODEL_SPEC §3, less kv_b_proj).
+bool Fp8ModeRole(R role) {
+  switch (role) {
+    case R::QProj: case R::QAProj: case R::QBProj: case R::KvAProj: case R::OProj: case R::Gate: case R::Up:
+    case R::Down: case R::ExpertsGate: case R::ExpertsUp: case R::ExpertsDown: case R::SharedGate:
+    case R::SharedUp: case R::SharedDown:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Output dtype the converter must produce (converter.h).
 DType ExpectedDType(R role, DType src, WeightsMode mode) {
   if (IsF32Role(role)) return DType::kF32;
   if (mode == WeightsMode::kF32) return DType::kF32;
   if (mode == WeightsMode::kBF16) return DType::kBF16;
+  if (mode == WeightsMode::kFp8) return Fp8ModeRole(role) ? DType::kF8E4M3 : DType::kBF16;
   if ((role == R::UkT || role == R::Uv) && src == DType::kF8E4M3) return DType::kF32;
   return src;
 }
@@ -317,11 +375,15 @@ TEST_P(ConverterGoldenTest, ConvertsAndMatchesSource) {
         if (auto it = single.find(t.name); it != single.end()) {
           Src s = LoadSrc(**ck, it->second);
           EXPECT_EQ(t.dtype, ExpectedDType(role, s.dtype, mode));
-          if (t.dtype == DType::kF8E4M3) {
-            ASSERT_EQ(ts[t.scale].size, s.scale_raw.size());
-            EXPECT_EQ(0, std::memcmp(ts[t.scale].data, s.scale_raw.data(), s.scale_raw.size()));
+          if (t.dtype == DType::kF8E4M3 && s.dtype != DType::kF8E4M3) {
+            ExpectQuantized(t, ts[t.scale], {s});
+          } else {
+            if (t.dtype == DType::kF8E4M3) {
+              ASSERT_EQ(ts[t.scale].size, s.scale_raw.size());
+              EXPECT_EQ(0, std::memcmp(ts[t.scale].data, s.scale_raw.data(), s.scale_raw.size()));
+            }
+            ExpectValues(t, Concat({std::move(s)}));
           }
-          ExpectValues(t, Concat({std::move(s)}));
           ++checked_single;
         } else if (role == R::ExpertsGate || role == R::ExpertsUp || role == R::ExpertsDown) {
           const char* proj = role == R::ExpertsGate ? "gate_proj" : role == R::ExpertsUp ? "up_proj" : "down_proj";
@@ -335,10 +397,16 @@ TEST_P(ConverterGoldenTest, ConvertsAndMatchesSource) {
           if (t.dtype == DType::kF8E4M3) {  // stacked scale [E, ceil(out/128), ceil(in/128)]
             EXPECT_EQ(ts[t.scale].shape,
                       (std::vector<uint64_t>{t.shape[0], CeilDiv(t.shape[1], 128), CeilDiv(t.shape[2], 128)}));
-            ASSERT_EQ(ts[t.scale].size, scales.size());
-            EXPECT_EQ(0, std::memcmp(ts[t.scale].data, scales.data(), scales.size()));
           }
-          ExpectValues(t, Concat(std::move(srcs)));
+          if (t.dtype == DType::kF8E4M3 && srcs[0].dtype != DType::kF8E4M3) {
+            ExpectQuantized(t, ts[t.scale], srcs);
+          } else {
+            if (t.dtype == DType::kF8E4M3) {
+              ASSERT_EQ(ts[t.scale].size, scales.size());
+              EXPECT_EQ(0, std::memcmp(ts[t.scale].data, scales.data(), scales.size()));
+            }
+            ExpectValues(t, Concat(std::move(srcs)));
+          }
           ++checked_experts;
         } else if (role == R::UkT || role == R::Uv) {
           Gather g;
@@ -376,7 +444,7 @@ std::string ParamName(const ::testing::TestParamInfo<std::tuple<Fixture, Weights
 INSTANTIATE_TEST_SUITE_P(ConverterAll, ConverterGoldenTest,
                          ::testing::Combine(::testing::ValuesIn(AllFixtures()),
                                             ::testing::Values(WeightsMode::kKeep, WeightsMode::kBF16,
-                                                              WeightsMode::kF32)),
+                                                              WeightsMode::kF32, WeightsMode::kFp8)),
                          ParamName);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(ConverterGoldenTest);
 
@@ -386,9 +454,13 @@ TEST(ConverterTest, ParseWeightsMode) {
   EXPECT_EQ(*ParseWeightsMode("keep"), WeightsMode::kKeep);
   EXPECT_EQ(*ParseWeightsMode("bf16"), WeightsMode::kBF16);
   EXPECT_EQ(*ParseWeightsMode("f32"), WeightsMode::kF32);
-  auto bad = ParseWeightsMode("fp8");
+  EXPECT_EQ(*ParseWeightsMode("fp8"), WeightsMode::kFp8);
+  for (WeightsMode m : {WeightsMode::kKeep, WeightsMode::kBF16, WeightsMode::kF32, WeightsMode::kFp8})
+    EXPECT_EQ(*ParseWeightsMode(WeightsModeName(m)), m);
+  auto bad = ParseWeightsMode("int8");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(bad.status().message(), "int8"));
   EXPECT_TRUE(Contains(bad.status().message(), "fp8"));
 }
 
@@ -470,9 +542,12 @@ class EditableCheckpoint {
 };
 
 // Converts and expects failure: code, message fragments, and an empty output folder.
-void ExpectConvertFails(const EditableCheckpoint& ck, StatusCode code, const std::vector<std::string>& needles) {
+void ExpectConvertFails(const EditableCheckpoint& ck, StatusCode code, const std::vector<std::string>& needles,
+                        WeightsMode mode = WeightsMode::kKeep) {
   TempDir out;
-  const Status st = ConvertHfCheckpoint(ck.path(), out / "model.moerun", ConvertOptions{});
+  ConvertOptions options;
+  options.weights = mode;
+  const Status st = ConvertHfCheckpoint(ck.path(), out / "model.moerun", options);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.code(), code) << st.message();
   for (const std::string& n : needles) EXPECT_TRUE(Contains(st.message(), n)) << "'" << n << "' not in: " << st.message();
@@ -621,6 +696,80 @@ TEST(ConverterTest, Fp8WrongScaleShape) {
   s.bytes.resize(s.shape[0] * s.shape[1] * 4);
   ck.Replace(s);
   ExpectConvertFails(ck, StatusCode::kInvalidArgument, {name, "has shape", "expected"});
+}
+
+TEST(ConverterTest, Fp8ModeRejectsNonFiniteWeight) {
+  EditableCheckpoint ck("v3_bf16");
+  REQUIRE_FIXTURE(ck);
+  const std::string name = "model.layers.2.mlp.experts.3.down_proj.weight";
+  StTensorData t = ck.Get(name);
+  ASSERT_EQ(t.dtype, StDType::kBF16);
+  const uint16_t inf = 0x7f80;
+  std::memcpy(t.bytes.data() + 2 * 7, &inf, 2);
+  ck.Replace(t);
+  ExpectConvertFails(ck, StatusCode::kInvalidArgument, {name, ck.ShardOf(name), "non-finite"}, WeightsMode::kFp8);
+}
+
+// Stacked experts of mixed dtypes (one expert bf16, the rest FP8): keep mode refuses; fp8 mode
+// copies the FP8 experts and their scales bit for bit and quantises the bf16 one in its place.
+TEST(ConverterTest, Fp8ModeMixedExpertDtypes) {
+  EditableCheckpoint ck("v3_fp8");
+  REQUIRE_FIXTURE(ck);
+  const std::string name = "model.layers.1.mlp.experts.4.up_proj.weight";
+  const StTensorData q = ck.Get(name), sc = ck.Get(name + "_scale_inv");
+  ASSERT_EQ(q.dtype, StDType::kF8E4M3);
+  const uint64_t rows = q.shape[0], cols = q.shape[1], scols = CeilDiv(cols, 128);
+  Src bf;
+  bf.name = name;
+  bf.dtype = DType::kBF16;
+  bf.shape = q.shape;
+  StTensorData t{name, StDType::kBF16, q.shape, std::vector<uint8_t>(rows * cols * 2)};
+  for (uint64_t i = 0; i < rows; ++i)
+    for (uint64_t j = 0; j < cols; ++j) {
+      float scale;
+      std::memcpy(&scale, sc.bytes.data() + ((i / 128) * scols + j / 128) * 4, 4);
+      const uint16_t b = F32ToBf16(F8E4M3ToF32(q.bytes[i * cols + j]) * scale * 1.01f);
+      std::memcpy(t.bytes.data() + (i * cols + j) * 2, &b, 2);
+      bf.f32.push_back(Bf16ToF32(b));
+    }
+  ck.Remove(name + "_scale_inv");
+  ck.Replace(t);
+  ExpectConvertFails(ck, StatusCode::kUnsupported, {name, "different dtypes"});
+
+  TempDir out;
+  ConvertOptions options;
+  options.weights = WeightsMode::kFp8;
+  const Status st = ConvertHfCheckpoint(ck.path(), out / "model.moerun", options);
+  ASSERT_TRUE(st.ok()) << st.message();
+  VerifyOptions vo;
+  vo.check_weight_checksums = true;
+  auto file = ModelFile::Open(out / "model.moerun", vo);
+  ASSERT_TRUE(file.ok()) << file.status().message();
+  const TensorInfo* up = nullptr;
+  for (const TensorInfo& x : (*file)->tensors())
+    if (x.name == "layers.1.moe.experts_up") up = &x;
+  ASSERT_NE(up, nullptr);
+  ASSERT_EQ(up->dtype, DType::kF8E4M3);
+  const TensorInfo& upscale = (*file)->tensors()[up->scale];
+  const uint64_t per = rows * cols, sper = CeilDiv(rows, 128) * scols;
+  ASSERT_EQ(up->shape[0] * per, up->numel);
+  auto orig = Checkpoint::Open(FixtureDir("v3_fp8"));
+  ASSERT_TRUE(orig.ok());
+  for (uint64_t e = 0; e < up->shape[0]; ++e) {
+    SCOPED_TRACE("expert " + std::to_string(e));
+    if (e == 4) {
+      TensorInfo wv = *up, sv = upscale;  // views of expert 4's slice
+      wv.data += e * per;
+      wv.numel = per;
+      sv.data += e * sper * 4;
+      sv.numel = sper;
+      ExpectQuantized(wv, sv, {bf});
+      continue;
+    }
+    const Src s = LoadSrc(**orig, "model.layers.1.mlp.experts." + std::to_string(e) + ".up_proj.weight");
+    EXPECT_EQ(std::memcmp(up->data + e * per, s.raw.data(), per), 0);
+    EXPECT_EQ(std::memcmp(upscale.data + e * sper * 4, s.scale_raw.data(), sper * 4), 0);
+  }
 }
 
 TEST(ConverterTest, ScaleWithoutFp8Weight) {

@@ -3,74 +3,20 @@
 // development fixtures (../shared/golden) run too when that folder exists.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
-#include <filesystem>
+#include <cstdio>
 #include <string>
 #include <vector>
 
 #include "converters/converter.h"
-#include "converters/safetensors.h"
-#include "runtime/exec/sampler.h"
-#include "runtime/exec/session.h"
-#include "runtime/format/model_file.h"
-#include "runtime/model/model.h"
+#include "tests/unit/golden_util.h"
 #include "tests/unit/tiny_model.h"
 
 namespace moerun {
 namespace {
 
-namespace fs = std::filesystem;
-
-struct Fixture {
-  std::string name;
-  std::string dir;
-};
-
-void PrintTo(const Fixture& f, std::ostream* os) { *os << f.name; }
-
-std::vector<Fixture> FindFixtures() {
-  std::vector<Fixture> out;
-  for (const auto& [prefix, root] : {std::pair<std::string, std::string>{"own_", MOERUN_TEST_DATA_DIR "/golden"},
-                                     {"shared_", MOERUN_SHARED_GOLDEN_DIR}}) {
-    if (!fs::is_directory(root)) continue;
-    std::vector<std::string> dirs;
-    for (const auto& e : fs::directory_iterator(root))
-      if (fs::exists(e.path() / "golden.safetensors")) dirs.push_back(e.path().string());
-    std::sort(dirs.begin(), dirs.end());
-    for (const auto& d : dirs) out.push_back({prefix + fs::path(d).filename().string(), d});
-  }
-  return out;
-}
-
-template <typename T>
-std::vector<T> ReadGolden(const convert::SafetensorsFile& f, const std::string& name) {
-  const convert::StTensor* t = f.Find(name);
-  if (!t) return {};
-  const T* p = reinterpret_cast<const T*>(f.Data(*t));
-  return std::vector<T>(p, p + t->size() / sizeof(T));
-}
-
-double RelL2(const float* a, const float* ref, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (static_cast<double>(a[i]) - ref[i]) * (static_cast<double>(a[i]) - ref[i]);
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / den);
-}
-
-// Relative L2 error of each row (position) of a [rows, V] logits matrix.
-std::vector<double> RowErrors(const std::vector<float>& ours, const std::vector<float>& ref, int64_t V) {
-  std::vector<double> e;
-  for (size_t r = 0; r * V < ref.size(); ++r) e.push_back(RelL2(&ours[r * V], &ref[r * V], V));
-  return e;
-}
-
-double Quantile(std::vector<double> v, double q) {
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(q * (v.size() - 1) + 0.5)];
-}
+using golden::Fixture;
+using golden::FindFixtures;
+using golden::Quantile;
 
 struct PathCase {
   std::string backend;
@@ -85,90 +31,31 @@ struct PathCase {
 // Runs every prompt of a fixture on one compute path and checks it against the reference.
 void CheckFixture(const Fixture& fx, const std::string& model_path, const PathCase& pc) {
   SCOPED_TRACE(fx.name + " on " + pc.backend + (pc.precision == Precision::kF32 ? "/f32" : "/bf16"));
-  auto golden = convert::SafetensorsFile::Open(fx.dir + "/golden.safetensors");
-  ASSERT_TRUE(golden.ok()) << golden.status().message();
-  auto file = ModelFile::Open(model_path, VerifyOptions{});
-  ASSERT_TRUE(file.ok()) << file.status().message();
-  auto model = Model::Create(file.value(), pc.backend, pc.precision, 0);
-  ASSERT_TRUE(model.ok()) << model.status().message();
-  const int64_t V = model.value()->config().vocab_size;
-  std::vector<double> all_rows;
-  int checked = 0, agreed = 0;
-  for (int i = 0;; ++i) {
-    const std::string k = std::to_string(i);
-    const auto prompt = ReadGolden<int32_t>(*golden.value(), "prompt." + k);
-    if (prompt.empty()) {
-      ASSERT_GT(i, 0) << "fixture has no prompts";
-      break;
-    }
-    const auto prefill = ReadGolden<float>(*golden.value(), "prefill_logits." + k);
-    const auto generated = ReadGolden<int32_t>(*golden.value(), "generated." + k);
-    const auto decode = ReadGolden<float>(*golden.value(), "decode_logits." + k);
-    const auto margin = ReadGolden<float>(*golden.value(), "decode_margin." + k);
-    ASSERT_EQ(prefill.size(), prompt.size() * V);
-    ASSERT_EQ(decode.size(), generated.size() * V);
-
-    SessionOptions so;
-    so.kv_capacity = static_cast<uint32_t>(prompt.size() + generated.size());
-    so.max_batch_tokens = static_cast<uint32_t>(prompt.size());
-    auto session = Session::Create(model.value(), so);
-    ASSERT_TRUE(session.ok()) << session.status().message();
-    Session& s = *session.value();
-    std::vector<uint8_t> all(prompt.size(), 1);
-    Batch b;
-    b.n_tokens = static_cast<int64_t>(prompt.size());
-    b.tokens = prompt.data();
-    b.logits = all.data();
-    ASSERT_TRUE(s.Decode(b).ok());
-    std::vector<float> ours(prefill.size());
-    for (size_t t = 0; t < prompt.size(); ++t) std::memcpy(&ours[t * V], s.Logits(t).value(), V * sizeof(float));
-    const double prefill_err = RelL2(ours.data(), prefill.data(), prefill.size());
+  golden::FixtureRun run;
+  golden::RunFixture(fx.dir, model_path, pc.backend, pc.precision, pc.margin, &run);
+  if (::testing::Test::HasFatalFailure()) return;
+  const char* prec = pc.precision == Precision::kF32 ? "f32" : "bf16";
+  for (size_t i = 0; i < run.prompts.size(); ++i) {
+    const golden::PromptResult& p = run.prompts[i];
     if (pc.matrix_bound > 0) {
-      EXPECT_LE(prefill_err, pc.matrix_bound) << "prompt " << i;
+      EXPECT_LE(p.prefill_err, pc.matrix_bound) << "prompt " << i;
+      EXPECT_LE(p.decode_err, pc.matrix_bound) << "prompt " << i;
     }
-
-    // Decode step by step, feeding the reference tokens (so every row stays comparable) and checking
-    // our greedy choice wherever the reference margin is clear.
-    std::vector<float> dec(decode.size());
-    std::memcpy(&dec[0], &ours[(prompt.size() - 1) * V], V * sizeof(float));
-    for (size_t step = 0; step < generated.size(); ++step) {
-      if (step > 0) {
-        Batch one;
-        one.n_tokens = 1;
-        one.tokens = &generated[step - 1];
-        ASSERT_TRUE(s.Decode(one).ok());
-        std::memcpy(&dec[step * V], s.Logits(0).value(), V * sizeof(float));
-      }
-      if (margin[step] >= pc.margin) {
-        const bool agree = Sampler::Argmax(&dec[step * V], V) == generated[step];
-        checked++;
-        agreed += agree;
-        if (pc.min_agreement >= 1.0) {
-          EXPECT_TRUE(agree) << "prompt " << i << " step " << step << " margin " << margin[step];
-        }
-      }
-    }
-    const double decode_err = RelL2(dec.data(), decode.data(), decode.size());
-    if (pc.matrix_bound > 0) {
-      EXPECT_LE(decode_err, pc.matrix_bound) << "prompt " << i;
-    }
-    std::vector<double> rows = RowErrors(ours, prefill, V);
-    const std::vector<double> drows = RowErrors(dec, decode, V);
-    rows.insert(rows.end(), drows.begin(), drows.end());
-    all_rows.insert(all_rows.end(), rows.begin(), rows.end());
-    const double median = Quantile(rows, 0.5), p90 = Quantile(rows, 0.9), worst = Quantile(rows, 1.0);
-    std::printf("[golden] %-24s %-9s %-4s prompt %d (%3zu tokens): rel L2 prefill %.3g decode %.3g; "
+    std::printf("[golden] %-24s %-9s %-4s prompt %zu (%3zu tokens): rel L2 prefill %.3g decode %.3g; "
                 "per position median %.3g p90 %.3g max %.3g\n",
-                fx.name.c_str(), pc.backend.c_str(), pc.precision == Precision::kF32 ? "f32" : "bf16", i,
-                prompt.size(), prefill_err, decode_err, median, p90, worst);
+                fx.name.c_str(), pc.backend.c_str(), prec, i, p.tokens, p.prefill_err, p.decode_err,
+                Quantile(p.rows, 0.5), Quantile(p.rows, 0.9), Quantile(p.rows, 1.0));
   }
-  const double median = Quantile(all_rows, 0.5), p90 = Quantile(all_rows, 0.9);
+  if (pc.min_agreement >= 1.0)
+    for (const golden::GreedyMiss& m : run.misses)
+      ADD_FAILURE() << "greedy choice differs: prompt " << m.prompt << " step " << m.step << " margin " << m.margin;
+  const double median = Quantile(run.all_rows, 0.5), p90 = Quantile(run.all_rows, 0.9);
   EXPECT_LE(median, pc.row_median_bound);
   EXPECT_LE(p90, pc.row_p90_bound);
-  EXPECT_GE(agreed, pc.min_agreement * checked) << agreed << " of " << checked << " greedy choices agree";
+  EXPECT_GE(run.agreed, pc.min_agreement * run.checked) << run.agreed << " of " << run.checked
+                                                        << " greedy choices agree";
   std::printf("[golden] %-24s %-9s %-4s all prompts: per position median %.3g p90 %.3g; greedy %d/%d agree\n",
-              fx.name.c_str(), pc.backend.c_str(), pc.precision == Precision::kF32 ? "f32" : "bf16", median, p90,
-              agreed, checked);
+              fx.name.c_str(), pc.backend.c_str(), prec, median, p90, run.agreed, run.checked);
 }
 
 class GoldenTest : public ::testing::TestWithParam<Fixture> {
