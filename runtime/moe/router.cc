@@ -22,7 +22,7 @@ void TopK(const float* v, int n, int k, int32_t* out) {
 }  // namespace
 
 void RouterLogits(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (T * E * D >= (1 << 18))
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t e = 0; e < E; ++e) {
       const float* a = x + t * D;
