@@ -2,8 +2,8 @@
 // to. Internal to backends/cpu/ (and its tests); the runtime only sees the Backend interface.
 //
 // Threading: every op is const and may run concurrently from several sessions. Per-call scratch is
-// thread_local; the two shared mutable structures (the oneDNN primitive cache and the bf16 weight
-// copies) sit behind their own locks.
+// thread_local; the shared mutable state (the oneDNN primitive cache; the bf16 copies and e4m3
+// flags that PrepareWeights adds) sits behind locks.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,7 @@ struct CpuFeatures {
   static CpuFeatures Detect();
 };
 
-struct OnednnState;  // engine + primitive cache, defined in matmul.cc
+struct OnednnState;  // engine + primitive cache, defined in onednn_matmul.cc
 
 class CpuBackend final : public Backend {
  public:
@@ -69,6 +69,8 @@ class CpuBackend final : public Backend {
   void PrepareF8Flags(const WeightView& w);
   // False when oneDNN failed (already logged); the caller then runs an own kernel.
   bool OnednnF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
+  // f32 precision, narrow weights, many rows: panels of rows dequantised to f32 and run by oneDNN.
+  bool OnednnF32Panels(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   bool OnednnBf16(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t M, float* y,
                   int64_t ldy) const;
 
@@ -106,6 +108,9 @@ void Linear(const WeightView& w, const uint8_t* f8_special, const float* x, int6
 void F8SpecialFlags(const WeightView& w, int64_t g0, int64_t g1, uint8_t* flags);
 int64_t F8BlocksPerRow(const WeightView& w);
 
+// Rows [r0, r1) of W dequantised to f32, row-major [r1 - r0, cols].
+void DequantizeRows(const WeightView& w, const uint8_t* f8_special, int64_t r0, int64_t r1, float* out);
+
 // Rows [r0, r1) of W dequantised and rounded to bf16 (round to nearest even, as F32ToBf16).
 void WeightRowsToBf16(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out);
 
@@ -113,8 +118,9 @@ void WeightRowsToBf16(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out
 void RoundToBf16Bits(const float* x, int64_t n, uint16_t* out);
 void RoundToBf16Floats(const float* x, int64_t n, float* out);
 
-// e4m3 bytes to f32 with the in-register conversion Linear uses (bit-exact with F8E4M3ToF32).
-void F8E4M3ToF32(const uint8_t* in, int64_t n, float* out);
+// e4m3 bytes to f32 with the in-register decodings Linear uses, for tests: both are bit-exact with
+// ::moerun::F8E4M3ToF32, the normal_only one on the normal numbers it is given.
+void F8E4M3ToF32(const uint8_t* in, int64_t n, float* out, bool normal_only = false);
 
 }  // namespace avx512
 

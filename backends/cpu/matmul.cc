@@ -1,21 +1,25 @@
-// Linear on the CPU: which kernel runs a given call, the oneDNN glue, the bf16 weight copies, and
-// the scalar fallback.
+// Linear on the CPU: which kernel runs a given call, the bf16 weight copies and e4m3 block flags
+// that PrepareWeights makes, and the scalar fallback (oneDNN glue: onednn_matmul.cc).
 //
-//   f32 precision:  F32 weights → oneDNN f32 matmul; BF16/F16/F8 → own kernel (weights widened to f32
-//                   in registers, fp32 FMAs), since oneDNN 2.6 has no f32 GEMM with narrow weights.
-//   bf16 precision: x rounded to bf16; bf16 weights (zero-copy from the mapping, or the copy that
-//                   PrepareWeights made) → oneDNN bf16 matmul with f32 output. Small M, and weights
-//                   without a copy, go to the own kernel, which rounds the dequantised weights to bf16
-//                   in registers: same products, fp32 accumulation, same numbers as the reference.
+//   f32 precision:  M <= 4 → own kernel for every dtype (weights widened to f32 in registers, fp32
+//                   FMAs; it streams decode weights at memory bandwidth, oneDNN 2.6 does not).
+//                   F32 weights, M > 4 → oneDNN f32 matmul on the mapping.
+//                   BF16/F16/F8 weights: oneDNN 2.6 has no f32 GEMM with narrow weights, so M < 32
+//                   → own kernel; M >= 32 → panels of rows dequantised to f32, each run by oneDNN.
+//   bf16 precision: x rounded to bf16. M > 4 with bf16 weights (zero-copy from the mapping, or the
+//                   copy PrepareWeights made) → oneDNN bf16 matmul with f32 output. Otherwise the own
+//                   kernel, which rounds dequantised weights to bf16 in registers: same products,
+//                   fp32 accumulation, the same numbers as the reference.
 // oneDNN failures are logged and the call falls back to the own kernel, so Linear always produces.
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <mutex>
-#include <oneapi/dnnl/dnnl.hpp>
+#include <shared_mutex>
 #include <string>
 
 #include "backends/cpu/cpu_backend_impl.h"
@@ -25,11 +29,13 @@ namespace moerun::cpu {
 
 namespace {
 
-// In bf16 precision, up to this many rows run on the own kernel even when oneDNN could: at decode
-// shapes it streams the weights at memory bandwidth and skips rounding x into a second buffer.
-constexpr int64_t kBf16OwnKernelMaxM = 4;
-// Bound on cached primitives; shapes repeat (one per layer kind and M), so this is rarely reached.
-constexpr size_t kMaxCachedPrimitives = 4096;
+// Up to this many rows run on the own kernel even where oneDNN could: at decode shapes it streams
+// the weights at memory bandwidth, where oneDNN 2.6's matmul (f32 and bf16) was 2-3x slower here.
+constexpr int64_t kOwnKernelMaxM = 4;
+// From this many rows on, f32 precision with bf16/f16/e4m3 weights dequantises panels of rows and
+// hands them to oneDNN's f32 GEMM (~1.6x the own kernel's rate at M=64 here); below, the conversion
+// and per-panel calls cost more than they save.
+constexpr int64_t kPanelMinM = 32;
 
 void ZeroRows(float* y, int64_t M, int64_t n, int64_t ldy) {
   for (int64_t m = 0; m < M; ++m) std::memset(y + m * ldy, 0, static_cast<size_t>(n) * sizeof(float));
@@ -45,121 +51,15 @@ inline float RoundBf16(float v) { return Bf16ToF32(F32ToBf16(v)); }
 // MemAvailable from /proc/meminfo in bytes; 0 when unknown.
 int64_t AvailableMemoryBytes() {
   std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit) {
-    if (key == "MemAvailable:") return kb * 1024;
+  std::string line;
+  while (std::getline(in, line)) {
+    long long kb = 0;
+    if (std::sscanf(line.c_str(), "MemAvailable: %lld kB", &kb) == 1) return kb * 1024;
   }
   return 0;
 }
 
 }  // namespace
-
-// ---- oneDNN ---------------------------------------------------------------------------------------
-
-struct OnednnState {
-  struct Key {
-    bool bf16;
-    int64_t M, N, K, ldx, ldy;
-    bool operator==(const Key&) const = default;
-  };
-  struct KeyHash {
-    size_t operator()(const Key& k) const {
-      size_t h = k.bf16 ? 0x9e3779b97f4a7c15ull : 0;
-      for (int64_t v : {k.M, k.N, k.K, k.ldx, k.ldy}) h = (h ^ static_cast<size_t>(v)) * 0x100000001b3ull;
-      return h;
-    }
-  };
-  struct Entry {
-    bool ok = false;  // false: creation failed once; never retried, the own kernel serves the shape
-    dnnl::matmul prim;
-    dnnl::memory::desc src, wei, dst, scratch;
-  };
-
-  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  std::mutex mu;
-  std::unordered_map<Key, std::shared_ptr<const Entry>, KeyHash> cache;
-  std::atomic<int> log_budget{20};
-
-  // W is [N, K] row-major, i.e. the {K, N} weights matrix with strides {1, K} ("ba"): used in place.
-  std::shared_ptr<const Entry> Get(const Key& key) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      auto it = cache.find(key);
-      if (it != cache.end()) return it->second;
-    }
-    using dt = dnnl::memory::data_type;
-    auto e = std::make_shared<Entry>();
-    try {
-      const dt in = key.bf16 ? dt::bf16 : dt::f32;
-      e->src = dnnl::memory::desc({key.M, key.K}, in, dnnl::memory::dims{key.ldx, 1});
-      e->wei = dnnl::memory::desc({key.K, key.N}, in, dnnl::memory::dims{1, key.K});
-      e->dst = dnnl::memory::desc({key.M, key.N}, dt::f32, dnnl::memory::dims{key.ldy, 1});
-      // User scratchpad: the library-managed one may not be used from a thread other than the one
-      // that created the primitive, and our primitives are shared by every session thread.
-      dnnl::primitive_attr attr;
-      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(e->src, e->wei, e->dst), attr, engine);
-      e->scratch = pd.scratchpad_desc();
-      e->prim = dnnl::matmul(pd);
-      e->ok = true;
-    } catch (const std::exception& ex) {
-      LogLimited(log_budget, LogLevel::kWarning,
-                 std::string("cpu backend: oneDNN matmul unavailable for M=") + std::to_string(key.M) +
-                     " N=" + std::to_string(key.N) + " K=" + std::to_string(key.K) + (key.bf16 ? " bf16" : " f32") +
-                     " (" + ex.what() + "); using the own kernel");
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    if (cache.size() >= kMaxCachedPrimitives) cache.clear();  // entries in use stay alive via shared_ptr
-    return cache.emplace(key, std::move(e)).first->second;
-  }
-
-  bool Run(const Key& key, const void* x, const void* w, float* y) {
-    try {
-      std::shared_ptr<const Entry> e = Get(key);
-      if (!e->ok) return false;
-      thread_local std::vector<uint8_t> scratch;
-      const size_t bytes = e->scratch.get_size();
-      if (scratch.size() < bytes) scratch.resize(bytes);
-      dnnl::stream stream(engine);
-      dnnl::memory src(e->src, engine, const_cast<void*>(x));
-      dnnl::memory wei(e->wei, engine, const_cast<void*>(w));
-      dnnl::memory dst(e->dst, engine, y);
-      dnnl::memory sp(e->scratch, engine, scratch.data());
-      e->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
-                               {DNNL_ARG_SCRATCHPAD, sp}});
-      stream.wait();
-      return true;
-    } catch (const std::exception& ex) {
-      LogLimited(log_budget, LogLevel::kWarning,
-                 std::string("cpu backend: oneDNN matmul failed (") + ex.what() + "); using the own kernel");
-      return false;
-    }
-  }
-};
-
-bool CpuBackend::OnednnF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const {
-  return onednn_ && onednn_->Run({false, M, w.rows, w.cols, ldx, ldy}, x, w.data, y);
-}
-
-bool CpuBackend::OnednnBf16(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t M, float* y,
-                            int64_t ldy) const {
-  return onednn_ && onednn_->Run({true, M, N, K, K, ldy}, x, w, y);
-}
-
-// Here rather than in cpu_backend.cc: creating and destroying the oneDNN state needs its definition.
-CpuBackend::CpuBackend(Precision precision, CpuFeatures features) : precision_(precision), features_(features) {
-  if (!features_.onednn) return;
-  try {
-    onednn_ = std::make_unique<OnednnState>();
-  } catch (const std::exception& ex) {
-    Log(LogLevel::kWarning, std::string("cpu backend: oneDNN unavailable (") + ex.what() + "); own kernels only");
-    features_.onednn = false;
-  }
-}
-
-CpuBackend::~CpuBackend() = default;
 
 // ---- dispatch -------------------------------------------------------------------------------------
 
@@ -199,7 +99,8 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
       LinearBf16(w, x, ldx, M, y, ldy);
       return;
     }
-    if (w.dtype == DType::kF32 && OnednnF32(w, x, ldx, M, y, ldy)) return;
+    if (w.dtype == DType::kF32 && M > kOwnKernelMaxM && OnednnF32(w, x, ldx, M, y, ldy)) return;
+    if (w.dtype != DType::kF32 && M >= kPanelMinM && OnednnF32Panels(w, x, ldx, M, y, ldy)) return;
     LinearOwn(w, x, ldx, M, y, ldy, false);
   } catch (const std::exception& ex) {
     LogLimited(log_budget, LogLevel::kError, std::string("cpu backend: Linear failed: ") + ex.what());
@@ -223,7 +124,7 @@ void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, in
   const uint16_t* wb = w.dtype == DType::kBF16 ? static_cast<const uint16_t*>(w.data) : FindBf16Copy(w);
   // Rounded activations live in per-thread buffers that grow to the largest call seen; if one cannot
   // grow, the scalar kernel rounds on the fly instead.
-  if (wb && onednn_ && M > kBf16OwnKernelMaxM) {
+  if (wb && onednn_ && M > kOwnKernelMaxM) {
     thread_local std::vector<uint16_t> xb;
     bool have = true;
     try {

@@ -6,6 +6,7 @@
 // It deliberately uses no inline functions or templates from other headers (not even std::min):
 // a COMDAT copy compiled here with AVX-512 could be the one the linker keeps for generic callers.
 #include "backends/cpu/simd_avx512.h"  // first: see there
+
 #include <omp.h>
 
 #include <new>
@@ -17,11 +18,15 @@ namespace {
 
 // Up to this many activation rows are dotted straight from the weight stream (decode, small expert
 // batches); more go through the buffered path that converts each weight block once.
-constexpr int64_t kDirectMaxM = 4;
-// Buffered path: 16 rows × 4096 columns of f32 = 256 KiB per thread, which stays in L2 next to a
-// 6-row activation tile while every activation row of the call streams past it.
+constexpr int64_t kDirectMaxM = 8;
+constexpr int64_t kDirectTileM = 4;  // activation rows per direct register tile
+constexpr int64_t kRunCols = 256;    // direct path: columns between prefetch bursts (non-e4m3)
+constexpr auto kPrefetchHint = _MM_HINT_T0;
+// Buffered path: 16 rows × 1024 columns of f32 = 64 KiB per thread, converted once and then reused
+// by every activation row of the call; with a 6-row activation tile (24 KiB) it stays near L1
+// (1024 measured best here: 4096 was ~25% slower, 512 pays too many horizontal sums).
 constexpr int64_t kBlockRows = 16;
-constexpr int64_t kBlockCols = 4096;
+constexpr int64_t kBlockCols = 1024;
 constexpr int kTileRows = 4;  // weight rows per register tile
 constexpr int kTileM = 6;     // activation rows per register tile: 24 accumulators + 6 + 1 of 32 zmm
 // Below this many weight elements, waking the OpenMP team costs more than it saves.
@@ -58,8 +63,8 @@ __attribute__((always_inline)) inline __m512 F8ExactOver256(__m128i b) {
 // Normal numbers only (exponent field 1..15, not NaN), in three integer uops instead of the seven
 // above (vcvtph2ps alone costs more than the FMA it feeds): the sign-extended byte shifted left by
 // 20 has e4m3's exponent and mantissa right below f32's exponent field, whose bias 112 + e needs no
-// carry, so one ternary-logic op masks the sign copies off and ORs the bias in. Hot loops use it on
-// segments that SegmentAllNormal has cleared; zeros, subnormals and NaN take the exact path.
+// carry, so one ternary-logic op masks the sign copies off and ORs the bias in. Used on the blocks
+// that F8SpecialFlags found free of zeros, subnormals and NaN; the others take the exact path.
 __attribute__((always_inline)) inline __m512 F8NormalOver256(__m128i b) {
   const __m512i t = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20);
   return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(t, _mm512_set1_epi32(static_cast<int>(0x87f00000u)),
@@ -101,7 +106,7 @@ __attribute__((always_inline)) inline __m512 LoadW(const void* row, int64_t c, _
   }
 }
 
-// F32ToBf16 on 16 lanes, as bf16 bits in the high half of each lane (low half zero).
+// F32ToBf16 on 16 lanes (round to nearest even, NaN kept quiet), as the high half of each lane.
 __attribute__((always_inline)) inline __m512i RoundToBf16Lanes(__m512 v) {
   const __m512i b = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
@@ -121,7 +126,7 @@ __attribute__((always_inline)) inline const float* ScaleRow(const WeightView& w,
   return nullptr;
 }
 
-// 256 · scale (the 2^8 completes the e4m3 conversion, see F8x16ToF32Over256); 1 for other dtypes.
+// 256 · scale (the 2^8 completes the e4m3 decodings above); 1 for other dtypes.
 template <DType D>
 __attribute__((always_inline)) inline __m512 ScaleAt(const float* scale_row, int64_t block) {
   if constexpr (D == DType::kF8E4M3) return _mm512_set1_ps(256.0f * scale_row[block]);
@@ -209,8 +214,17 @@ void DirectTile(const Source& src, int64_t r0, const float* x, int64_t ldx, floa
     for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
   }
   const bool one_scale_row = scale_rows[0] == scale_rows[R - 1];
+  // Runs of one scale block (e4m3) or kRunCols columns; each run prefetches the same columns of the
+  // next tile, which starts right after this one in memory. The hardware prefetcher alone loses
+  // ground on rows this short (2 KiB of e4m3 at K=2048): it restarts at every row.
+  const int64_t run = D == DType::kF8E4M3 ? w.block_cols : kRunCols;
+  const int64_t tile_bytes = R * K * kElemSize<D>;
   for (int64_t c0 = 0, block = 0; c0 < K; ++block) {
-    const int64_t c1 = BlockEnd<D>(w, block, K);
+    const int64_t c1 = Min(K, c0 + run);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+      for (int64_t b = c0 * kElemSize<D>; b < c1 * kElemSize<D>; b += 64)
+        _mm_prefetch(static_cast<const char*>(rows[i]) + tile_bytes + b, kPrefetchHint);
     __m512 sv[R];
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) sv[i] = ScaleAt<D>(scale_rows[i], block);
@@ -240,14 +254,14 @@ void DirectRowsC(const Source& src, int64_t r0, int64_t nr, const float* x, int6
   for (; i < nr; ++i) DirectTile<D, kRound, 1, C>(src, r0 + i, x, ldx, y, ldy);
 }
 
-// Rows [r0, r0 + nr) for all M activation rows, kDirectMaxM at a time.
+// Rows [r0, r0 + nr) for all M activation rows, kDirectTileM at a time.
 template <DType D, bool kRound>
 void DirectRows(const Source& src, int64_t r0, int64_t nr, const float* x, int64_t ldx, int64_t M, float* y,
                 int64_t ldy) {
-  for (int64_t m0 = 0; m0 < M; m0 += kDirectMaxM) {
+  for (int64_t m0 = 0; m0 < M; m0 += kDirectTileM) {
     const float* xm = x + m0 * ldx;
     float* ym = y + m0 * ldy;
-    switch (Min(kDirectMaxM, M - m0)) {
+    switch (Min(kDirectTileM, M - m0)) {
       case 1: DirectRowsC<D, kRound, 1>(src, r0, nr, xm, ldx, ym, ldy); break;
       case 2: DirectRowsC<D, kRound, 2>(src, r0, nr, xm, ldx, ym, ldy); break;
       case 3: DirectRowsC<D, kRound, 3>(src, r0, nr, xm, ldx, ym, ldy); break;
@@ -258,7 +272,7 @@ void DirectRows(const Source& src, int64_t r0, int64_t nr, const float* x, int64
 
 // ---- buffered path: a weight block converted once to f32, then register-tiled against x ----------
 
-// Columns [c0, c1) of one row (one scale run) → out[c0 - k0 ...], dequantised (and rounded).
+// Columns [c0, c1) of one row (one scale run), dequantised (and rounded) to out[0, c1 - c0).
 template <DType D, bool kRound, bool kFast>
 __attribute__((always_inline)) inline void ConvertRun(const void* row, int64_t c0, int64_t c1, __m512 s, float* out) {
   int64_t c = c0;
@@ -266,14 +280,14 @@ __attribute__((always_inline)) inline void ConvertRun(const void* row, int64_t c
     __m512 v = LoadW<D, false, kFast>(row, c, 0xffff);
     if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
     if constexpr (kRound) v = RoundToBf16(v);
-    _mm512_storeu_ps(out + c, v);
+    _mm512_storeu_ps(out + (c - c0), v);
   }
   if (c < c1) {
     const __mmask16 m = TailMask(c1 - c);
     __m512 v = LoadW<D, true, kFast>(row, c, m);
     if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
     if constexpr (kRound) v = RoundToBf16(v);
-    _mm512_mask_storeu_ps(out + c, m, v);
+    _mm512_mask_storeu_ps(out + (c - c0), m, v);
   }
 }
 
@@ -285,15 +299,15 @@ void ConvertBlock(const Source& src, int64_t r0, int64_t nr, int64_t k0, int64_t
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t r = r0 + i;
     const void* row = RowPtr(w, r, kElemSize<D>);
-    float* out = buf + i * ldb - k0;  // indexed by absolute column below
+    float* out = buf + i * ldb;
     const float* scale_row = ScaleRow<D>(w, r);
     for (int64_t c0 = k0, block = FirstBlock<D>(w, k0); c0 < kend; ++block) {
       const int64_t c1 = BlockEnd<D>(w, block, kend);
       const __m512 s = ScaleAt<D>(scale_row, block);
       if (D == DType::kF8E4M3 && src.FastF8(r, r, block)) {
-        ConvertRun<D, kRound, true>(row, c0, c1, s, out);
+        ConvertRun<D, kRound, true>(row, c0, c1, s, out + (c0 - k0));
       } else {
-        ConvertRun<D, kRound, false>(row, c0, c1, s, out);
+        ConvertRun<D, kRound, false>(row, c0, c1, s, out + (c0 - k0));
       }
       c0 = c1;
     }
@@ -310,26 +324,14 @@ void MicroTile(const float* buf, int64_t ldb, int64_t kc, const float* x, int64_
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= kc; k += 16) {
-    __m512 xv[C];
-#pragma GCC unroll 8
-    for (int j = 0; j < C; ++j) xv[j] = _mm512_loadu_ps(x + j * ldx + k);
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-      const __m512 wv = _mm512_loadu_ps(buf + i * ldb + k);
-#pragma GCC unroll 8
-      for (int j = 0; j < C; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-    }
-  }
-  if (k < kc) {
+  for (int64_t k = 0; k < kc; k += 16) {
     const __mmask16 m = TailMask(kc - k);
     __m512 xv[C];
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) xv[j] = _mm512_maskz_loadu_ps(m, x + j * ldx + k);
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-      const __m512 wv = _mm512_loadu_ps(buf + i * ldb + k);  // zero-padded
+      const __m512 wv = _mm512_loadu_ps(buf + i * ldb + k);  // zero-padded past kc
 #pragma GCC unroll 8
       for (int j = 0; j < C; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
     }
@@ -363,7 +365,7 @@ float* ThreadBlockBuffer() {
     ~Buffer() { delete[] p; }
   };
   thread_local Buffer buffer;
-  if (!buffer.p) buffer.p = new (std::nothrow) float[kBlockRows * kBlockCols];
+  if (!buffer.p) buffer.p = new (std::nothrow) float[kBlockRows * (kBlockCols + 16)];
   return buffer.p;
 }
 
@@ -374,7 +376,7 @@ void BufferedRows(const Source& src, int64_t r0, int64_t nr, const float* x, int
   const int64_t K = w.cols;
   for (int64_t k0 = 0; k0 < K; k0 += kBlockCols) {
     const int64_t kc = Min(kBlockCols, K - k0);
-    const int64_t ldb = RoundUp16(kc);
+    const int64_t ldb = RoundUp16(kc) + 16;  // rows 4 KiB apart would share L1 sets
     ConvertBlock<D, kRound>(src, r0, nr, k0, kc, buf, ldb);
     for (int64_t m0 = 0; m0 < M; m0 += kTileM) {
       const int64_t C = Min(kTileM, M - m0);
@@ -464,6 +466,16 @@ void Linear(const WeightView& w, const uint8_t* f8_special, const float* x, int6
   }
 }
 
+void DequantizeRows(const WeightView& w, const uint8_t* f8_special, int64_t r0, int64_t r1, float* out) {
+  const Source src{w, w.dtype == DType::kF8E4M3 ? f8_special : nullptr, F8BlocksPerRow(w)};
+  switch (w.dtype) {
+    case DType::kF32: ConvertBlock<DType::kF32, false>(src, r0, r1 - r0, 0, w.cols, out, w.cols); break;
+    case DType::kBF16: ConvertBlock<DType::kBF16, false>(src, r0, r1 - r0, 0, w.cols, out, w.cols); break;
+    case DType::kF16: ConvertBlock<DType::kF16, false>(src, r0, r1 - r0, 0, w.cols, out, w.cols); break;
+    case DType::kF8E4M3: ConvertBlock<DType::kF8E4M3, false>(src, r0, r1 - r0, 0, w.cols, out, w.cols); break;
+  }
+}
+
 int64_t F8BlocksPerRow(const WeightView& w) {
   return w.dtype == DType::kF8E4M3 && w.block_cols > 0 ? (w.cols + w.block_cols - 1) / w.block_cols : 0;
 }
@@ -504,10 +516,10 @@ void RoundToBf16Floats(const float* x, int64_t n, float* out) {
   }
 }
 
-void F8E4M3ToF32(const uint8_t* in, int64_t n, float* out) {
+void F8E4M3ToF32(const uint8_t* in, int64_t n, float* out, bool normal_only) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = TailMask(n - i);
-    const __m512 v = LoadW<DType::kF8E4M3, true>(in, i, m);
+    const __m512 v = normal_only ? LoadW<DType::kF8E4M3, true, true>(in, i, m) : LoadW<DType::kF8E4M3, true>(in, i, m);
     _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(v, _mm512_set1_ps(256.0f)));
   }
 }

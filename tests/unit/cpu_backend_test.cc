@@ -2,6 +2,7 @@
 // each kernel family the machine can run (oneDNN + AVX-512, own AVX-512 kernels only, scalar).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -296,14 +297,18 @@ TEST(CpuBackendKernels, F8E4M3ConversionIsBitExact) {
   if (!CpuFeatures::Detect().avx512) GTEST_SKIP() << "no AVX-512";
   std::vector<uint8_t> in(256 + 7);
   for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint8_t>(i);  // masked tail too
-  std::vector<float> out(in.size());
+  std::vector<float> out(in.size()), fast(in.size());
   avx512::F8E4M3ToF32(in.data(), static_cast<int64_t>(in.size()), out.data());
+  avx512::F8E4M3ToF32(in.data(), static_cast<int64_t>(in.size()), fast.data(), /*normal_only=*/true);
   for (size_t i = 0; i < in.size(); ++i) {
     const float want = F8E4M3ToF32(in[i]);
-    uint32_t a, b;
+    uint32_t a, b, c;
     std::memcpy(&a, &out[i], 4);
     std::memcpy(&b, &want, 4);
+    std::memcpy(&c, &fast[i], 4);
     EXPECT_EQ(a, b) << "byte 0x" << std::hex << static_cast<int>(in[i]);
+    const bool normal = (in[i] & 0x78) != 0 && (in[i] & 0x7f) != 0x7f;
+    if (normal) EXPECT_EQ(c, b) << "normal_only, byte 0x" << std::hex << static_cast<int>(in[i]);
   }
 }
 
@@ -450,6 +455,19 @@ TEST(CpuBackendOps, MlaAttentionMatchesReference) {
   std::mt19937 rng(10);
   CheckAttention(MakeAttention(5, 16, {1, 17, 100, 300}, rng));
   CheckAttention(MakeAttention(3, 16, {65}, rng));
+  CheckAttention(MakeAttention(4, 16, {600, 1}, rng));  // decode-sized: keys split into merged spans
+}
+
+TEST(CpuBackendOps, MlaAttentionWithoutKeysGivesZeros) {
+  std::mt19937 rng(13);
+  AttentionCase c = MakeAttention(2, 16, {0, 40}, rng);
+  for (const Variant& v : Variants()) {
+    const CpuBackend be(Precision::kF32, v.features);
+    std::vector<float> got(c.T * c.H * 512, kSentinel);
+    be.MlaAttention(c.Args(got.data()));
+    for (int64_t i = 0; i < c.H * 512; ++i) ASSERT_EQ(got[i], 0.0f) << v.name;
+    for (int64_t i = c.H * 512; i < 2 * c.H * 512; ++i) ASSERT_TRUE(std::isfinite(got[i])) << v.name;
+  }
 }
 
 TEST(CpuBackendOps, MlaAttentionLongContext) {
