@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/unit/scoped_temp_dir.h"
 #include "converters/converter.h"
 #include "converters/fp8_quant.h"
 #include "converters/hf_config.h"
@@ -33,21 +34,10 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using R = fb::Role;
 
-class TempDir {
+// Each test's scratch folder.
+class TempDir : public testing::ScopedTempDir {
  public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "moerun_conv_XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data()) ? tmpl : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : ScopedTempDir("moerun_conv") {}
 };
 
 bool Contains(const std::string& haystack, const std::string& needle) {

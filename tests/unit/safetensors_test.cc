@@ -1,5 +1,6 @@
 // SafetensorsFile and Checkpoint on hand-written files: a valid file, and one malformed header per
 // class of bad input (DESIGN §8). Every error must carry the right code and name the file / tensor.
+#include "tests/unit/scoped_temp_dir.h"
 #include "converters/safetensors.h"
 
 #include <gtest/gtest.h>
@@ -17,21 +18,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
+// Each test's scratch folder.
+class TempDir : public testing::ScopedTempDir {
  public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "moerun_st_XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data()) ? tmpl : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : ScopedTempDir("moerun_st") {}
 };
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
