@@ -1,19 +1,13 @@
-// `moerun run` and `moerun bench`: both go through the public C API only (plus the file reader for
-// the byte accounting in bench).
-#include <omp.h>
-#include <sys/resource.h>
-
+// `moerun run`: goes through the public C API only.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "moerun/moerun.h"
-#include "runtime/format/model_file.h"
 #include "tools/cli_util.h"
 
 namespace moerun::cli {
