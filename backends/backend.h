@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runtime/core/dtype.h"
+#include "runtime/core/q8_panel.h"
 #include "runtime/core/status.h"
 
 namespace moerun {
@@ -16,7 +17,9 @@ namespace moerun {
 enum class Precision : int { kF32 = 0, kBF16 = 1 };
 
 // A linear weight [rows = out, cols = in] in the file's dtype. F8_E4M3 weights carry an f32 scale
-// grid [ceil(rows/block_rows), ceil(cols/block_cols)] whose row stride is scale_cols.
+// grid [ceil(rows/block_rows), ceil(cols/block_cols)] whose row stride is scale_cols. Q8_PANEL
+// weights carry their panel scales (runtime/core/q8_panel.h); scale_cols = groups per row,
+// block_rows = 1, block_cols = 128.
 struct WeightView {
   DType dtype = DType::kF32;
   const void* data = nullptr;
@@ -29,6 +32,7 @@ struct WeightView {
 
   // Dequantised element (reference semantics: float32(w) * scale, MODEL_SPEC §3).
   float At(int64_t r, int64_t c) const {
+    if (dtype == DType::kQ8Panel) return q8::Dequant(static_cast<const uint8_t*>(data), scale, r, c, cols);
     float v = LoadAsF32(dtype, data, static_cast<size_t>(r * cols + c));
     if (dtype == DType::kF8E4M3) v *= scale[(r / block_rows) * scale_cols + c / block_cols];
     return v;
@@ -74,6 +78,14 @@ class Backend {
 
   // y[m, 0:rows] = W · x[m, 0:cols] for m < M; row strides ldx, ldy (in floats).
   virtual void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const = 0;
+
+  // Independent linears, e.g. one per attention head: for i < count,
+  //   y + i·y_step [m, 0:w[i].rows] = w[i] · (x + i·x_step)[m, 0:w[i].cols]   for m < M,
+  // rows strided by ldx / ldy as in Linear. Backends may run the items concurrently.
+  virtual void LinearBatch(const WeightView* w, int64_t count, const float* x, int64_t x_step, int64_t ldx, int64_t M,
+                           float* y, int64_t y_step, int64_t ldy) const {
+    for (int64_t i = 0; i < count; ++i) Linear(w[i], x + i * x_step, ldx, M, y + i * y_step, ldy);
+  }
 
   // y[m] = w ⊙ x[m] / sqrt(mean(x[m]²) + eps), n values per row.
   virtual void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,

@@ -24,8 +24,12 @@ namespace moerun::convert {
 //         exactly first; an FP8 source is copied bit for bit with its scales, never requantised.
 //         The embedding table, the LM head, the MLA split of kv_b_proj (UkT, Uv) and the MTP
 //         eh_proj / embed / head become bf16 (FP8 sources dequantised in f32, then rounded).
+//  kInt8: the CPU's 1-byte format: every linear weight (attention, the MLA split, dense and expert
+//         MLPs, the LM head, the MTP module's) becomes q8_panel (runtime/core/q8_panel.h): int8 per
+//         row and 128-column group, scale = absmax / 127, in the 16-row panels the CPU kernels read
+//         in place. Sources (FP8 dequantised) are widened to f32 first. The embedding table is bf16.
 // Norm weights, the router and its correction bias are f32 in every mode.
-enum class WeightsMode { kKeep, kBF16, kF32, kFp8 };
+enum class WeightsMode { kKeep, kBF16, kF32, kFp8, kInt8 };
 
 struct ConvertOptions {
   WeightsMode weights = WeightsMode::kKeep;
@@ -37,7 +41,7 @@ struct ConvertOptions {
 // tensors, bad config values), kUnsupported (architectures, dtypes or settings this runtime lacks).
 Status ConvertHfCheckpoint(const std::string& hf_dir, const std::string& out_path, const ConvertOptions& options);
 
-// "keep" | "bf16" | "f32" | "fp8".
+// "keep" | "bf16" | "f32" | "fp8" | "int8".
 Result<WeightsMode> ParseWeightsMode(const std::string& text);
 const char* WeightsModeName(WeightsMode mode);
 

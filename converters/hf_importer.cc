@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "runtime/core/q8_panel.h"
 #include "runtime/format/file_format.h"
 #include "runtime/model/graph_contract.h"
 
@@ -148,6 +149,8 @@ class Planner {
       case WeightsMode::kFp8:
         // FP8 sources of these roles are copied with their scales; others are block-quantised.
         return IsFp8Role(role) ? DType::kF8E4M3 : DType::kBF16;
+      case WeightsMode::kInt8:
+        return role == R::Table ? DType::kBF16 : DType::kQ8Panel;
     }
     return InternalError("unknown weights mode");
   }
@@ -170,20 +173,27 @@ class Planner {
     t.spec.shape = shape;
     t.emit = emit;
     t.sources = sources;
-    if (out == DType::kF8E4M3) {
+    const bool q8 = out == DType::kQ8Panel;
+    if (out == DType::kF8E4M3 || q8) {
       t.spec.scale = static_cast<int32_t>(index + 1);
-      t.spec.block_rows = kFp8BlockSize;
-      t.spec.block_cols = kFp8BlockSize;
+      t.spec.block_rows = q8 ? 1 : kFp8BlockSize;
+      t.spec.block_cols = q8 ? q8::kGroupCols : kFp8BlockSize;
     }
     plan_.tensors.push_back(std::move(t));
-    if (out == DType::kF8E4M3) {
+    if (out == DType::kF8E4M3 || q8) {
       PlannedTensor s;
       s.spec.name = out_name + ".scale";
       s.spec.dtype = DType::kF32;
       s.spec.shape.assign(shape.begin(), shape.end() - 2);
-      s.spec.shape.push_back(CeilDiv(shape[shape.size() - 2], kFp8BlockSize));
-      s.spec.shape.push_back(CeilDiv(shape.back(), kFp8BlockSize));
-      s.emit = Emit::kScale;
+      if (q8) {
+        s.spec.shape.push_back(CeilDiv(shape[shape.size() - 2], q8::kPanelRows));
+        s.spec.shape.push_back(CeilDiv(shape.back(), q8::kGroupCols));
+        s.spec.shape.push_back(q8::kPanelRows);
+      } else {
+        s.spec.shape.push_back(CeilDiv(shape[shape.size() - 2], kFp8BlockSize));
+        s.spec.shape.push_back(CeilDiv(shape.back(), kFp8BlockSize));
+      }
+      s.emit = q8 ? Emit::kQ8Scale : Emit::kScale;
       s.sources = std::move(sources);
       plan_.tensors.push_back(std::move(s));
     }
@@ -332,7 +342,7 @@ class Planner {
   std::string DominantSourceDType() const {
     std::map<DType, uint64_t> bytes;
     for (const PlannedTensor& t : plan_.tensors) {
-      if (t.emit == Emit::kScale) continue;
+      if (t.emit == Emit::kScale || t.emit == Emit::kQ8Scale) continue;
       for (const SourceTensor& s : t.sources) bytes[s.dtype] += s.tensor->size();
     }
     DType best = DType::kF32;
@@ -365,7 +375,8 @@ Result<WeightsMode> ParseWeightsMode(const std::string& text) {
   if (text == "bf16") return WeightsMode::kBF16;
   if (text == "f32") return WeightsMode::kF32;
   if (text == "fp8") return WeightsMode::kFp8;
-  return InvalidArgument("unknown weights mode '" + text + "' (expected keep, bf16, f32 or fp8)");
+  if (text == "int8") return WeightsMode::kInt8;
+  return InvalidArgument("unknown weights mode '" + text + "' (expected keep, bf16, f32, fp8 or int8)");
 }
 
 const char* WeightsModeName(WeightsMode mode) {
@@ -374,6 +385,7 @@ const char* WeightsModeName(WeightsMode mode) {
     case WeightsMode::kBF16: return "bf16";
     case WeightsMode::kF32: return "f32";
     case WeightsMode::kFp8: return "fp8";
+    case WeightsMode::kInt8: return "int8";
   }
   return "unknown";
 }

@@ -46,6 +46,7 @@ enum class Emit : uint8_t {
            // --weights fp8: the scales computed while its weight tensor was written)
   kUkT,    // W_UK of each head of kv_b_proj, transposed: [H, r_kv, d_n]
   kUv,     // W_UV of each head of kv_b_proj: [H, d_v, r_kv]
+  kQ8Scale,  // the panel scales computed while the q8_panel weight tensor before it was written
 };
 
 struct PlannedTensor {
@@ -82,6 +83,11 @@ class TensorStreamer {
   // Block-quantises a non-FP8 source to F8_E4M3, one row of 128x128 blocks at a time, appending the
   // codes and keeping the scales in pending_scales_ for the scale tensor that follows.
   Status WriteQuantized(const SourceTensor& s, uint32_t index, ModelWriter* w);
+  // Packs rows of an f32 matrix (starting at a panel boundary) into q8_panel panels, appending the
+  // panels and keeping the scales in pending_scales_; `what` names the source for errors.
+  Status AppendQ8(const float* rows, uint64_t n_rows, uint64_t cols, const std::string& what, uint32_t index,
+                  ModelWriter* w);
+  Status WriteQ8(const SourceTensor& s, uint32_t index, ModelWriter* w);
   void Advance(uint64_t bytes);
   void Draw(bool final);
 

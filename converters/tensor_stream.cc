@@ -11,6 +11,8 @@
 
 #include "converters/fp8_quant.h"
 #include "converters/hf_importer.h"
+#include "converters/q8_pack.h"
+#include "runtime/core/q8_panel.h"
 #include "runtime/format/file_format.h"
 
 namespace moerun::convert {
@@ -164,6 +166,32 @@ Status TensorStreamer::WriteQuantized(const SourceTensor& s, uint32_t index, Mod
   return Status::Ok();
 }
 
+Status TensorStreamer::AppendQ8(const float* rows, uint64_t n_rows, uint64_t cols, const std::string& what,
+                                uint32_t index, ModelWriter* w) {
+  const int64_t R = static_cast<int64_t>(n_rows), C = static_cast<int64_t>(cols);
+  q_.resize(static_cast<size_t>(q8::MatrixBytes(R, C)));
+  const size_t at = pending_scales_.size();
+  pending_scales_.resize(at + static_cast<size_t>(q8::MatrixScales(R, C)));
+  if (!PackQ8Panels(rows, n_rows, cols, q_.data(), pending_scales_.data() + at))
+    return InvalidArgument(what + " has a non-finite value; it cannot be quantised to int8");
+  MOERUN_RETURN_IF_ERROR(w->Append(index, q_.data(), q_.size()));
+  Advance(q_.size());
+  return Status::Ok();
+}
+
+Status TensorStreamer::WriteQ8(const SourceTensor& s, uint32_t index, ModelWriter* w) {
+  // Whole panels per chunk, so each chunk packs independently.
+  const uint64_t panels = std::max<uint64_t>(1, kChunkElements / q8::kPanelRows / std::max<uint64_t>(1, s.cols));
+  const uint64_t step = panels * q8::kPanelRows;
+  for (uint64_t r = 0; r < s.rows; r += step) {
+    const uint64_t e = std::min(s.rows, r + step);
+    MOERUN_RETURN_IF_ERROR(ReadRows(s, r, e, DType::kF32, &out_));  // exact widening to f32
+    MOERUN_RETURN_IF_ERROR(AppendQ8(reinterpret_cast<const float*>(out_.data()), e - r, s.cols,
+                                    "tensor '" + s.name + "' in file '" + s.file->path() + "'", index, w));
+  }
+  return Status::Ok();
+}
+
 Status TensorStreamer::WriteTensor(const PlannedTensor& t, uint32_t index, ModelWriter* w) {
   const DType out = t.spec.dtype;
   switch (t.emit) {
@@ -171,7 +199,9 @@ Status TensorStreamer::WriteTensor(const PlannedTensor& t, uint32_t index, Model
       pending_scales_.clear();
       pending_for_ = index;
       for (const SourceTensor& s : t.sources) {
-        if (out == DType::kF8E4M3 && s.dtype != DType::kF8E4M3) {
+        if (out == DType::kQ8Panel) {
+          MOERUN_RETURN_IF_ERROR(WriteQ8(s, index, w));
+        } else if (out == DType::kF8E4M3 && s.dtype != DType::kF8E4M3) {
           MOERUN_RETURN_IF_ERROR(WriteQuantized(s, index, w));
         } else {
           MOERUN_RETURN_IF_ERROR(WriteRows(s, 0, s.rows, out, index, w));
@@ -206,6 +236,16 @@ Status TensorStreamer::WriteTensor(const PlannedTensor& t, uint32_t index, Model
       pending_for_ = UINT32_MAX;
       return Status::Ok();
     }
+    case Emit::kQ8Scale: {
+      if (pending_for_ + 1 != index || pending_scales_.empty())
+        return InternalError("no computed int8 scales for '" + t.spec.name + "'");
+      const uint64_t bytes = pending_scales_.size() * sizeof(float);
+      MOERUN_RETURN_IF_ERROR(w->Append(index, pending_scales_.data(), bytes));
+      Advance(bytes);
+      pending_scales_.clear();
+      pending_for_ = UINT32_MAX;
+      return Status::Ok();
+    }
     case Emit::kUkT:
     case Emit::kUv: {
       // kv_b_proj [H*(d_n+d_v), r_kv]: rows of head h are [h*(d_n+d_v), (h+1)*(d_n+d_v)), the first
@@ -215,11 +255,17 @@ Status TensorStreamer::WriteTensor(const PlannedTensor& t, uint32_t index, Model
       const uint64_t per_head = s.rows / heads;
       const uint64_t r_kv = s.cols;
       const uint64_t d_n = t.emit == Emit::kUkT ? t.spec.shape.at(2) : per_head - t.spec.shape.at(1);
-      const size_t es = DTypeSize(out);
+      const bool q8 = out == DType::kQ8Panel;
+      const DType read = q8 ? DType::kF32 : out;  // q8: each head's f32 matrix is packed as a whole
+      const size_t es = DTypeSize(read);
+      if (q8) {
+        pending_scales_.clear();
+        pending_for_ = index;
+      }
       for (uint64_t h = 0; h < heads; ++h) {
         const uint64_t r0 = h * per_head + (t.emit == Emit::kUkT ? 0 : d_n);
         const uint64_t r1 = t.emit == Emit::kUkT ? r0 + d_n : (h + 1) * per_head;
-        MOERUN_RETURN_IF_ERROR(ReadRows(s, r0, r1, out, &out_));
+        MOERUN_RETURN_IF_ERROR(ReadRows(s, r0, r1, read, &out_));
         const std::vector<uint8_t>* chunk = &out_;
         if (t.emit == Emit::kUkT) {  // [d_n, r_kv] → [r_kv, d_n]
           head_.resize(out_.size());
@@ -227,6 +273,12 @@ Status TensorStreamer::WriteTensor(const PlannedTensor& t, uint32_t index, Model
             for (uint64_t c = 0; c < r_kv; ++c)
               std::memcpy(head_.data() + (c * d_n + i) * es, out_.data() + (i * r_kv + c) * es, es);
           chunk = &head_;
+        }
+        if (q8) {
+          const uint64_t rows = t.spec.shape.at(1), cols = t.spec.shape.at(2);
+          MOERUN_RETURN_IF_ERROR(AppendQ8(reinterpret_cast<const float*>(chunk->data()), rows, cols,
+                                          "tensor '" + s.name + "' in file '" + s.file->path() + "'", index, w));
+          continue;
         }
         MOERUN_RETURN_IF_ERROR(w->Append(index, chunk->data(), chunk->size()));
         Advance(chunk->size());

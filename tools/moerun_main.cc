@@ -11,7 +11,7 @@ namespace {
 void Usage() {
   std::fprintf(stderr,
                "usage: moerun <command> [options]\n"
-               "  convert HF_DIR -o MODEL.moerun [--weights keep|bf16|f32|fp8]\n"
+               "  convert HF_DIR -o MODEL.moerun [--weights keep|bf16|f32|fp8|int8]\n"
                "  inspect MODEL [--json]\n"
                "  run MODEL --ids 1,2,3 [--max-tokens N] [--greedy | --temperature T --top-k K --top-p P\n"
                "      --min-p P --seed S] [--dump-logits FILE] [--json] [--precision f32|bf16]\n"

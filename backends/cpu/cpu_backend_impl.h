@@ -39,6 +39,8 @@ class CpuBackend final : public Backend {
   // views' memory must outlive the backend (both are keyed by WeightView::data).
   Status PrepareWeights(const std::vector<WeightView>& weights) override;
   void Linear(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const override;
+  void LinearBatch(const WeightView* w, int64_t count, const float* x, int64_t x_step, int64_t ldx, int64_t M, float* y,
+                   int64_t y_step, int64_t ldy) const override;
   void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,
                int64_t ldy) const override;
   void Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, int64_t stride_vec, const int32_t* positions,
@@ -64,6 +66,7 @@ class CpuBackend final : public Backend {
   void LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
                  bool round_bf16) const;
   void LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
+  void LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   const uint16_t* FindBf16Copy(const WeightView& w) const;
   const uint8_t* FindF8Flags(const WeightView& w) const;
   void PrepareF8Flags(const WeightView& w);

@@ -6,6 +6,7 @@
 //                   F32 weights, M > 4 → oneDNN f32 matmul on the mapping.
 //                   BF16/F16/F8 weights: oneDNN 2.6 has no f32 GEMM with narrow weights, so M < 32
 //                   → own kernel; M >= 32 → panels of rows dequantised to f32, each run by oneDNN.
+//   q8_panel weights (either precision): q8_kernels.h, see LinearQ8.
 //   bf16 precision: x rounded to bf16. M > 4 with bf16 weights (zero-copy from the mapping, or the
 //                   copy PrepareWeights made) → oneDNN bf16 matmul with f32 output. Otherwise the own
 //                   kernel, which rounds dequantised weights to bf16 in registers: same products,
@@ -16,13 +17,16 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
 
 #include "backends/cpu/cpu_backend_impl.h"
+#include "backends/cpu/q8_kernels.h"
 #include "runtime/core/log.h"
 
 namespace moerun::cpu {
@@ -65,6 +69,7 @@ int64_t AvailableMemoryBytes() {
 
 bool ValidWeight(const WeightView& w) {
   if (!w.data || w.rows <= 0 || w.cols < 0 || static_cast<int>(w.dtype) > kMaxDType) return false;
+  if (w.dtype == DType::kQ8Panel) return w.scale && w.scale_cols >= ::moerun::q8::Groups(w.cols);
   if (w.dtype == DType::kF8E4M3) {
     if (!w.scale || w.block_rows <= 0 || w.block_cols <= 0) return false;
     if (w.scale_cols < static_cast<int64_t>(CeilDiv(static_cast<uint64_t>(w.cols), w.block_cols))) return false;
@@ -95,6 +100,10 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
     return;
   }
   try {
+    if (w.dtype == DType::kQ8Panel) {
+      LinearQ8(w, x, ldx, M, y, ldy);
+      return;
+    }
     if (precision_ == Precision::kBF16) {
       LinearBf16(w, x, ldx, M, y, ldy);
       return;
@@ -108,12 +117,56 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
   }
 }
 
+// Small items (decode: per-head 512x128 matrices) run one per thread in a single parallel region:
+// one fork/join per batch instead of one per item, which matters most when a core is busy and every
+// join waits for a descheduled thread. Large items (prefill) keep their own row-parallel kernels.
+void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x, int64_t x_step, int64_t ldx,
+                             int64_t M, float* y, int64_t y_step, int64_t ldy) const {
+  constexpr int64_t kMaxParallelItemWork = int64_t{1} << 22;  // M·rows·cols of one item
+  const bool across = count > 1 && M * w[0].rows * w[0].cols <= kMaxParallelItemWork;
+#pragma omp parallel for schedule(static) if (across)
+  for (int64_t i = 0; i < count; ++i) Linear(w[i], x + i * x_step, ldx, M, y + i * y_step, ldy);
+}
+
 void CpuBackend::LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
                            bool round_bf16) const {
   if (features_.avx512) {
     avx512::Linear(w, FindF8Flags(w), x, ldx, M, y, ldy, round_bf16);
   } else {
     LinearScalar(w, x, ldx, M, y, ldy, round_bf16, false);
+  }
+}
+
+// q8_panel weights: f32 precision widens them exactly (q8::LinearF32); bf16 precision runs the int8
+// path (activations quantised per 128-column group, runtime/core/q8_panel.h) on VNNI / AMX.
+void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const {
+  // Without AVX-512 (or in tests that switch it off) the portable kernels run.
+  const bool simd = features_.avx512;
+  if (precision_ == Precision::kF32) {
+    (simd ? q8::LinearF32 : q8::LinearF32Scalar)(w, x, ldx, M, y, ldy);
+    return;
+  }
+  // Per-thread activation scratch, 64-byte aligned, grown to the largest call seen (bad_alloc is
+  // caught by Linear).
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> scratch;
+  thread_local int64_t scratch_bytes = 0;
+  const int64_t need = q8::ActivationBytes(M, w.cols);
+  if (scratch_bytes < need) {
+    const int64_t bytes = (need + 63) / 64 * 64;
+    scratch.reset(std::aligned_alloc(64, static_cast<size_t>(bytes)));
+    scratch_bytes = scratch ? bytes : 0;
+    if (!scratch) throw std::bad_alloc();
+  }
+  const q8::ActivationBuffers a = q8::CarveActivations(scratch.get(), M, w.cols);
+  if (simd) {
+    q8::QuantizeActivations(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
+    q8::LinearInt8(w, a.xq, a.xs, a.xsum, M, y, ldy);
+  } else {
+    q8::QuantizeActivationsScalar(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
+    q8::LinearInt8Scalar(w, a.xq, a.xs, a.xsum, M, y, ldy);
   }
 }
 
@@ -192,7 +245,7 @@ Status CpuBackend::PrepareWeights(const std::vector<WeightView>& weights) {
     const int64_t budget = available > 0 ? available / 4 * 3 : INT64_MAX;
     int64_t used = 0, skipped = 0, skipped_bytes = 0;
     for (const WeightView& w : weights) {
-      if (w.dtype == DType::kBF16 || w.rows <= 0 || w.cols <= 0) continue;
+      if (w.dtype == DType::kBF16 || w.dtype == DType::kQ8Panel || w.rows <= 0 || w.cols <= 0) continue;
       if (!ValidWeight(w)) continue;  // Linear reports it when called
       if (FindBf16Copy(w)) continue;
       const int64_t elems = w.rows * w.cols, bytes = elems * 2;

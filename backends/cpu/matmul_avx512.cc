@@ -429,6 +429,7 @@ void LinearRound(const Source& src, const float* x, int64_t ldx, int64_t M, floa
     case DType::kBF16: LinearTyped<DType::kBF16, kRound>(src, x, ldx, M, y, ldy); break;
     case DType::kF16: LinearTyped<DType::kF16, kRound>(src, x, ldx, M, y, ldy); break;
     case DType::kF8E4M3: LinearTyped<DType::kF8E4M3, kRound>(src, x, ldx, M, y, ldy); break;
+    case DType::kQ8Panel: break;  // never routed here: q8_kernels.h runs it
   }
 }
 
@@ -473,6 +474,7 @@ void DequantizeRows(const WeightView& w, const uint8_t* f8_special, int64_t r0, 
     case DType::kBF16: ConvertBlock<DType::kBF16, false>(src, r0, r1 - r0, 0, w.cols, out, w.cols); break;
     case DType::kF16: ConvertBlock<DType::kF16, false>(src, r0, r1 - r0, 0, w.cols, out, w.cols); break;
     case DType::kF8E4M3: ConvertBlock<DType::kF8E4M3, false>(src, r0, r1 - r0, 0, w.cols, out, w.cols); break;
+    case DType::kQ8Panel: break;  // never routed here
   }
 }
 
@@ -498,6 +500,7 @@ void WeightRowsToBf16(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out
     case DType::kBF16: RowsToBf16Typed<DType::kBF16>(w, r0, r1, out); break;
     case DType::kF16: RowsToBf16Typed<DType::kF16>(w, r0, r1, out); break;
     case DType::kF8E4M3: RowsToBf16Typed<DType::kF8E4M3>(w, r0, r1, out); break;
+    case DType::kQ8Panel: break;  // never routed here: q8_panel weights get no bf16 copy
   }
 }
 

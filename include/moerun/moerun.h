@@ -67,7 +67,8 @@ typedef enum moerun_log_level {
 /* Compute precision of the CPU backends. */
 typedef enum moerun_precision {
   MOERUN_PRECISION_F32 = 0,  /* activations and accumulation in float32; weights widened exactly */
-  MOERUN_PRECISION_BF16 = 1  /* matmul inputs rounded to bfloat16, float32 accumulation */
+  MOERUN_PRECISION_BF16 = 1  /* matmul inputs rounded to bfloat16 (int8 per 128 values with int8
+                                weights), float32 accumulation */
 } moerun_precision;
 
 typedef struct moerun_model moerun_model;

@@ -12,9 +12,11 @@
 
 namespace moerun {
 
-enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2, kF8E4M3 = 3 };
+// kQ8Panel: int8 with per-row 128-column group scales in the CPU's panel layout (runtime/core/q8_panel.h);
+// its bytes are not in row-major element order, so size and element access go through that header.
+enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2, kF8E4M3 = 3, kQ8Panel = 4 };
 
-constexpr int kMaxDType = 3;
+constexpr int kMaxDType = 4;
 
 inline size_t DTypeSize(DType t) {
   switch (t) {
@@ -22,6 +24,7 @@ inline size_t DTypeSize(DType t) {
     case DType::kBF16: return 2;
     case DType::kF16: return 2;
     case DType::kF8E4M3: return 1;
+    case DType::kQ8Panel: return 1;
   }
   return 0;
 }
@@ -32,6 +35,7 @@ inline const char* DTypeName(DType t) {
     case DType::kBF16: return "bf16";
     case DType::kF16: return "f16";
     case DType::kF8E4M3: return "f8_e4m3";
+    case DType::kQ8Panel: return "q8_panel";
   }
   return "unknown";
 }
@@ -96,6 +100,7 @@ inline float LoadAsF32(DType t, const void* base, size_t index) {
     case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(base)[index]);
     case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(base)[index]);
     case DType::kF8E4M3: return F8E4M3ToF32(static_cast<const uint8_t*>(base)[index]);
+    case DType::kQ8Panel: return static_cast<float>(static_cast<int>(static_cast<const uint8_t*>(base)[index]) - 128);
   }
   return 0.0f;
 }
@@ -106,6 +111,24 @@ inline bool CheckedAdd(uint64_t a, uint64_t b, uint64_t* out) { return !__builti
 
 inline uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 inline uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+// Bytes a tensor of this dtype and shape occupies; false on overflow or a shape the dtype cannot hold
+// (q8_panel needs rank >= 2: [..., rows, cols], each matrix padded to whole panels and quads).
+inline bool StorageBytes(DType t, const std::vector<uint64_t>& shape, uint64_t* bytes) {
+  uint64_t n = 1;
+  if (t != DType::kQ8Panel) {
+    for (uint64_t d : shape)
+      if (!CheckedMul(n, d, &n)) return false;
+    return CheckedMul(n, DTypeSize(t), bytes);
+  }
+  if (shape.size() < 2) return false;
+  for (size_t i = 0; i + 2 < shape.size(); ++i)
+    if (!CheckedMul(n, shape[i], &n)) return false;
+  const uint64_t rows = shape[shape.size() - 2], cols = shape.back();
+  if (rows > (uint64_t{1} << 40) || cols > (uint64_t{1} << 40)) return false;
+  const uint64_t matrix = CeilDiv(rows, 16) * 16 * CeilDiv(cols, 4) * 4;
+  return CheckedMul(n, matrix, bytes);
+}
 
 uint32_t Crc32c(const void* data, size_t size, uint32_t crc = 0);
 

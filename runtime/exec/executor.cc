@@ -98,7 +98,8 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   // Absorbed query: q_latent[t, h] = W_UK^hᵀ q^N[t, h]; q_rope packed per head.
   float* q_lat = Scratch(kQLatent, T * H * R);
   float* q_rope = Scratch(kQRope, T * H * dr);
-  for (int64_t h = 0; h < H; ++h) be.Linear(w.uk_t.At(h), q + h * qk, H * qk, T, q_lat + h * R, H * R);
+  for (int64_t h = 0; h < H; ++h) head_views_[h] = w.uk_t.At(h);
+  be.LinearBatch(head_views_.data(), H, q, qk, H * qk, T, q_lat, R, H * R);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h)
       std::memcpy(q_rope + (t * H + h) * dr, q + t * H * qk + h * qk + dn, dr * sizeof(float));
@@ -117,7 +118,8 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
 
   // Values: o[t, h] = W_UV^h ō[t, h], heads concatenated, then o_proj.
   float* heads = Scratch(kHeads, T * H * dv);
-  for (int64_t h = 0; h < H; ++h) be.Linear(w.uv.At(h), a.out + h * R, H * R, T, heads + h * dv, H * dv);
+  for (int64_t h = 0; h < H; ++h) head_views_[h] = w.uv.At(h);
+  be.LinearBatch(head_views_.data(), H, a.out, R, H * R, T, heads, dv, H * dv);
   be.Linear(w.o, heads, H * dv, T, y, D);
 }
 

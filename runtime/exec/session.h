@@ -69,6 +69,7 @@ class Session {
   std::vector<float> route_weights_;
   std::vector<std::vector<int32_t>> expert_tokens_;
   std::vector<std::vector<float>> expert_weights_;
+  std::vector<WeightView> head_views_;  // one per attention head, for LinearBatch
 };
 
 }  // namespace moerun

@@ -222,7 +222,8 @@ Status ModelFile::Verify(const VerifyOptions& options) {
       info.shape.push_back(d);
     }
     uint64_t bytes;
-    if (!CheckedMul(numel, DTypeSize(info.dtype), &bytes)) return CorruptFile(label + ": byte size overflows");
+    if (info.dtype == DType::kQ8Panel && info.shape.size() < 2) return CorruptFile(label + ": q8_panel tensor must have rank >= 2");
+    if (!StorageBytes(info.dtype, info.shape, &bytes)) return CorruptFile(label + ": byte size overflows");
     if (t->size() != bytes)
       return CorruptFile(label + ": size " + std::to_string(t->size()) + " does not match shape and dtype (" +
                          std::to_string(bytes) + " bytes)");
@@ -243,19 +244,30 @@ Status ModelFile::Verify(const VerifyOptions& options) {
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const TensorInfo& t = tensors_[i];
     const std::string label = TensorLabel(i, fts->Get(i));
-    if (t.dtype != DType::kF8E4M3) {
-      if (t.scale != -1) return CorruptFile(label + ": only f8_e4m3 tensors carry a block scale");
+    const bool q8 = t.dtype == DType::kQ8Panel;
+    if (t.dtype != DType::kF8E4M3 && !q8) {
+      if (t.scale != -1) return CorruptFile(label + ": only f8_e4m3 and q8_panel tensors carry a scale tensor");
       continue;
     }
+    const std::string dt = DTypeName(t.dtype);
     if (t.scale < 0 || static_cast<size_t>(t.scale) >= tensors_.size() || static_cast<size_t>(t.scale) == i)
-      return CorruptFile(label + ": f8_e4m3 tensor has no valid block-scale tensor");
+      return CorruptFile(label + ": " + dt + " tensor has no valid scale tensor");
     const TensorInfo& s = tensors_[t.scale];
-    if (s.dtype != DType::kF32) return CorruptFile(label + ": block-scale tensor '" + s.name + "' is not f32");
+    if (s.dtype != DType::kF32) return CorruptFile(label + ": scale tensor '" + s.name + "' is not f32");
     if (t.block_rows == 0 || t.block_cols == 0) return CorruptFile(label + ": zero block size");
-    if (t.shape.size() < 2) return CorruptFile(label + ": f8_e4m3 tensor must have rank >= 2");
+    if (t.shape.size() < 2) return CorruptFile(label + ": " + dt + " tensor must have rank >= 2");
+    if (q8 && (t.block_rows != 1 || t.block_cols != 128))
+      return CorruptFile(label + ": q8_panel groups must be 1x128, not " + std::to_string(t.block_rows) + "x" +
+                         std::to_string(t.block_cols));
     std::vector<uint64_t> want(t.shape.begin(), t.shape.end() - 2);
-    want.push_back(CeilDiv(t.shape[t.shape.size() - 2], t.block_rows));
-    want.push_back(CeilDiv(t.shape.back(), t.block_cols));
+    if (q8) {  // [..., panels, groups, 16] (runtime/core/q8_panel.h)
+      want.push_back(CeilDiv(t.shape[t.shape.size() - 2], 16));
+      want.push_back(CeilDiv(t.shape.back(), 128));
+      want.push_back(16);
+    } else {
+      want.push_back(CeilDiv(t.shape[t.shape.size() - 2], t.block_rows));
+      want.push_back(CeilDiv(t.shape.back(), t.block_cols));
+    }
     if (s.shape != want) {
       return CorruptFile(label + ": block-scale tensor '" + s.name + "' has shape " + ShapeString(s.shape) +
                          ", expected " + ShapeString(want));

@@ -115,11 +115,10 @@ Status ModelWriter::Open(const std::string& path) {
   uint64_t offset = 0;
   for (size_t i = 0; i < specs_.size(); ++i) {
     const TensorSpec& s = specs_[i];
-    uint64_t n = 1;
-    for (uint64_t d : s.shape)
-      if (!CheckedMul(n, d, &n)) return InvalidArgument("tensor '" + s.name + "': shape product overflows");
     uint64_t bytes;
-    if (!CheckedMul(n, DTypeSize(s.dtype), &bytes)) return InvalidArgument("tensor '" + s.name + "': size overflows");
+    if (!StorageBytes(s.dtype, s.shape, &bytes))
+      return InvalidArgument("tensor '" + s.name + "': size overflows or shape " + ShapeString(s.shape) + " does not fit " +
+                             DTypeName(s.dtype));
     offset = AlignUp(offset, TensorAlignment(bytes));
     layout_[i].offset = offset;
     layout_[i].size = bytes;

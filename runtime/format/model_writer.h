@@ -20,7 +20,7 @@ struct TensorSpec {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<uint64_t> shape;
-  int32_t scale = -1;  // F8_E4M3: index of its F32 block-scale tensor
+  int32_t scale = -1;  // F8_E4M3 / Q8_PANEL: index of its F32 scale tensor
   uint32_t block_rows = 0;
   uint32_t block_cols = 0;
 };

@@ -40,8 +40,8 @@ class NodeResolver {
     if (t.shape != want)
       return CorruptFile(what + " has shape " + ShapeString(t.shape) + ", expected " + ShapeString(want));
     if (IsF32Role(role) && t.dtype != DType::kF32) return CorruptFile(what + " must be f32, is " + DTypeName(t.dtype));
-    if (role == fb::Role::Table && t.dtype == DType::kF8E4M3)
-      return CorruptFile(what + ": f8_e4m3 embedding tables are not supported");
+    if (role == fb::Role::Table && (t.dtype == DType::kF8E4M3 || t.dtype == DType::kQ8Panel))
+      return CorruptFile(what + ": " + DTypeName(t.dtype) + " embedding tables are not supported");
     return &t;
   }
 
@@ -61,7 +61,7 @@ class NodeResolver {
     s.first = ViewOf(*t);
     s.count = static_cast<int64_t>(t->shape[0]);
     s.stride_bytes = t->size / t->shape[0];
-    if (t->dtype == DType::kF8E4M3) {
+    if (t->scale >= 0) {
       const TensorInfo& sc = file_.tensors()[t->scale];
       s.scale_stride = static_cast<int64_t>(sc.numel / sc.shape[0]);
     }
@@ -75,10 +75,11 @@ class NodeResolver {
     w.data = t.data;
     w.rows = static_cast<int64_t>(t.shape.size() >= 2 ? t.shape[t.shape.size() - 2] : 1);
     w.cols = static_cast<int64_t>(t.shape.back());
-    if (t.dtype == DType::kF8E4M3) {
+    if (t.scale >= 0) {
       const TensorInfo& sc = file_.tensors()[t.scale];
       w.scale = reinterpret_cast<const float*>(sc.data);
-      w.scale_cols = static_cast<int64_t>(sc.shape.back());
+      // q8_panel: groups per row ([..., panels, groups, 16]); f8_e4m3: the grid's row stride.
+      w.scale_cols = static_cast<int64_t>(sc.shape[sc.shape.size() - (t.dtype == DType::kQ8Panel ? 2 : 1)]);
       w.block_rows = static_cast<int32_t>(t.block_rows);
       w.block_cols = static_cast<int32_t>(t.block_cols);
     }

@@ -445,13 +445,15 @@ TEST(ConverterTest, ParseWeightsMode) {
   EXPECT_EQ(*ParseWeightsMode("bf16"), WeightsMode::kBF16);
   EXPECT_EQ(*ParseWeightsMode("f32"), WeightsMode::kF32);
   EXPECT_EQ(*ParseWeightsMode("fp8"), WeightsMode::kFp8);
-  for (WeightsMode m : {WeightsMode::kKeep, WeightsMode::kBF16, WeightsMode::kF32, WeightsMode::kFp8})
+  EXPECT_EQ(*ParseWeightsMode("int8"), WeightsMode::kInt8);
+  for (WeightsMode m :
+       {WeightsMode::kKeep, WeightsMode::kBF16, WeightsMode::kF32, WeightsMode::kFp8, WeightsMode::kInt8})
     EXPECT_EQ(*ParseWeightsMode(WeightsModeName(m)), m);
-  auto bad = ParseWeightsMode("int8");
+  auto bad = ParseWeightsMode("int4");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(bad.status().message(), "int4"));
   EXPECT_TRUE(Contains(bad.status().message(), "int8"));
-  EXPECT_TRUE(Contains(bad.status().message(), "fp8"));
 }
 
 // --- broken checkpoints -----------------------------------------------------------------------

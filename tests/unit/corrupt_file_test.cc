@@ -32,13 +32,13 @@ class CorruptFileTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     const std::string dir = testing::TempDir("corrupt");
-    for (DType dt : {DType::kBF16, DType::kF8E4M3}) {
+    for (DType dt : {DType::kBF16, DType::kF8E4M3, DType::kQ8Panel}) {
       testing::TinyModelOptions o;
       o.linear_dtype = dt;
       const std::string path = dir + "/tiny_" + DTypeName(dt) + ".moerun";
       ASSERT_TRUE(testing::WriteTinyModel(path, o).ok());
       std::ifstream f(path, std::ios::binary);
-      auto& dst = dt == DType::kBF16 ? *bf16_ : *fp8_;
+      auto& dst = dt == DType::kBF16 ? *bf16_ : (dt == DType::kF8E4M3 ? *fp8_ : *q8_);
       dst.assign(std::istreambuf_iterator<char>(f), {});
     }
   }
@@ -92,6 +92,7 @@ class CorruptFileTest : public ::testing::Test {
 
   static inline std::vector<uint8_t>* bf16_ = new std::vector<uint8_t>();
   static inline std::vector<uint8_t>* fp8_ = new std::vector<uint8_t>();
+  static inline std::vector<uint8_t>* q8_ = new std::vector<uint8_t>();
 };
 
 TEST_F(CorruptFileTest, ValidFilesLoad) {
@@ -235,12 +236,39 @@ TEST_F(CorruptFileTest, BlockScaleShape) {
                    m->mutable_tensors()->GetMutableObject(i)->mutable_shape()->Mutate(0, 2);  // [1, 2] -> [2, 1]
                    m->mutable_tensors()->GetMutableObject(i)->mutable_shape()->Mutate(1, 1);
                  }),
-                 StatusCode::kCorruptFile, "block-scale tensor 'layers.0.q_a.scale' has shape");
+                 StatusCode::kCorruptFile, "scale tensor 'layers.0.q_a.scale' has shape");
   ExpectRejected(MutateGraph(*fp8_, [](fb::Model* m) {
                    const int i = TensorIndex(m, "layers.0.q_a");
                    m->mutable_tensors()->GetMutableObject(i)->mutate_scale(i);
                  }),
-                 StatusCode::kCorruptFile, "no valid block-scale tensor");
+                 StatusCode::kCorruptFile, "no valid scale tensor");
+}
+
+TEST_F(CorruptFileTest, Q8PanelScalesAndGroups) {
+  ASSERT_TRUE(Load(*q8_).ok());
+  ExpectRejected(MutateGraph(*q8_, [](fb::Model* m) {
+                   const int i = TensorIndex(m, "layers.0.q_a.scale");
+                   ASSERT_GE(i, 0);
+                   // [.., g, 16] -> [.., 2g, 8]: the same size, the wrong shape
+                   auto* shape = m->mutable_tensors()->GetMutableObject(i)->mutable_shape();
+                   shape->Mutate(1, shape->Get(1) * 2);
+                   shape->Mutate(2, 8);
+                 }),
+                 StatusCode::kCorruptFile, "scale tensor 'layers.0.q_a.scale' has shape");
+  ExpectRejected(MutateGraph(*q8_, [](fb::Model* m) {
+                   m->mutable_tensors()->GetMutableObject(TensorIndex(m, "layers.0.q_a"))->mutate_block_cols(64);
+                 }),
+                 StatusCode::kCorruptFile, "q8_panel groups must be 1x128");
+  ExpectRejected(MutateGraph(*q8_, [](fb::Model* m) {
+                   const int i = TensorIndex(m, "layers.0.q_a");
+                   m->mutable_tensors()->GetMutableObject(i)->mutate_size(
+                       m->tensors()->Get(i)->size() - 64);  // one quad short of the padded panels
+                 }),
+                 StatusCode::kCorruptFile, "does not match shape and dtype");
+  ExpectRejected(MutateGraph(*q8_, [](fb::Model* m) {
+                   m->mutable_tensors()->GetMutableObject(TensorIndex(m, "embed"))->mutate_dtype(fb::DType::Q8_PANEL);
+                 }),
+                 StatusCode::kCorruptFile, "embed");
 }
 
 TEST_F(CorruptFileTest, ImpossibleConfigs) {

@@ -14,6 +14,7 @@
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_backend_impl.h"
 #include "backends/reference/reference_backend.h"
+#include "converters/q8_pack.h"
 
 namespace moerun::cpu {
 namespace {
@@ -74,7 +75,28 @@ struct TestWeight {
   WeightView view;
 };
 
+// q8_panel: normal weights packed by the converter's quantiser.
+TestWeight MakeQ8Weight(int64_t rows, int64_t cols, std::mt19937& rng) {
+  TestWeight t;
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> w(static_cast<size_t>(rows * cols));
+  for (float& v : w) v = normal(rng);
+  t.bytes.resize(static_cast<size_t>(q8::MatrixBytes(rows, cols)));
+  t.scale.resize(static_cast<size_t>(q8::MatrixScales(rows, cols)));
+  EXPECT_TRUE(convert::PackQ8Panels(w.data(), rows, cols, t.bytes.data(), t.scale.data()));
+  t.view.dtype = DType::kQ8Panel;
+  t.view.data = t.bytes.data();
+  t.view.rows = rows;
+  t.view.cols = cols;
+  t.view.scale = t.scale.data();
+  t.view.scale_cols = q8::Groups(cols);
+  t.view.block_rows = 1;
+  t.view.block_cols = static_cast<int32_t>(q8::kGroupCols);
+  return t;
+}
+
 TestWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng) {
+  if (dtype == DType::kQ8Panel) return MakeQ8Weight(rows, cols, rng);
   TestWeight t;
   const size_t n = static_cast<size_t>(rows * cols);
   t.bytes.resize(n * DTypeSize(dtype));
@@ -105,6 +127,8 @@ TestWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng
         t.bytes[i] = static_cast<uint8_t>(v);
         break;
       }
+      case DType::kQ8Panel:
+        break;  // MakeQ8Weight
     }
   }
   t.view.dtype = dtype;
@@ -124,7 +148,7 @@ TestWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng
   return t;
 }
 
-constexpr DType kDTypes[] = {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3};
+constexpr DType kDTypes[] = {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kQ8Panel};
 
 // Runs Linear on M rows with padded strides; checks the result and that padding was not touched.
 void CheckLinear(const Backend& be, const Backend& ref, const WeightView& w, int64_t M, double tol,
@@ -308,7 +332,9 @@ TEST(CpuBackendKernels, F8E4M3ConversionIsBitExact) {
     std::memcpy(&c, &fast[i], 4);
     EXPECT_EQ(a, b) << "byte 0x" << std::hex << static_cast<int>(in[i]);
     const bool normal = (in[i] & 0x78) != 0 && (in[i] & 0x7f) != 0x7f;
-    if (normal) EXPECT_EQ(c, b) << "normal_only, byte 0x" << std::hex << static_cast<int>(in[i]);
+    if (normal) {
+      EXPECT_EQ(c, b) << "normal_only, byte 0x" << std::hex << static_cast<int>(in[i]);
+    }
   }
 }
 

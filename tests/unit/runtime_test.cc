@@ -95,6 +95,7 @@ TEST_P(BackendAgreementTest, CpuMatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Variants, BackendAgreementTest,
                          ::testing::Values(Variant{DType::kBF16, true, Architecture::kDeepseekV3},
                                            Variant{DType::kF8E4M3, true, Architecture::kDeepseekV3},
+                                           Variant{DType::kQ8Panel, true, Architecture::kDeepseekV3},
                                            Variant{DType::kF32, false, Architecture::kDeepseekV2},
                                            Variant{DType::kBF16, false, Architecture::kDeepseekV2}),
                          [](const ::testing::TestParamInfo<Variant>& i) {

@@ -2,11 +2,15 @@
 
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <filesystem>
 #include <random>
 #include <vector>
 
+#include "converters/q8_pack.h"
+#include "runtime/core/q8_panel.h"
 #include "runtime/format/model_writer.h"
 #include "runtime/model/graph_contract.h"
 
@@ -68,6 +72,7 @@ struct Builder {
 
   uint32_t Add(const std::string& name, DType dtype, std::vector<uint64_t> shape, const std::vector<float>& values) {
     TensorSpec s{name, dtype, shape};
+    if (dtype == DType::kQ8Panel) return AddQ8(s, values);
     std::vector<uint8_t> bytes(values.size() * DTypeSize(dtype));
     if (dtype == DType::kF32) {
       std::memcpy(bytes.data(), values.data(), bytes.size());
@@ -112,6 +117,30 @@ struct Builder {
     }
     const uint32_t idx = w.AddTensor(s);
     data.push_back(std::move(bytes));
+    return idx;
+  }
+
+  // q8_panel, every matrix of a (possibly stacked) weight packed by the converter's quantiser.
+  uint32_t AddQ8(TensorSpec s, const std::vector<float>& values) {
+    const uint64_t cols = s.shape.back(), rows = s.shape[s.shape.size() - 2];
+    const uint64_t count = values.size() / (rows * cols);
+    const int64_t mb = q8::MatrixBytes(rows, cols), ms = q8::MatrixScales(rows, cols);
+    std::vector<uint8_t> bytes(count * mb);
+    std::vector<float> scale(count * ms);
+    for (uint64_t i = 0; i < count; ++i)
+      EXPECT_TRUE(convert::PackQ8Panels(values.data() + i * rows * cols, rows, cols, bytes.data() + i * mb,
+                                        scale.data() + i * ms));
+    std::vector<uint64_t> sshape(s.shape.begin(), s.shape.end() - 2);
+    sshape.insert(sshape.end(), {CeilDiv(rows, 16), CeilDiv(cols, 128), 16});
+    s.scale = static_cast<int32_t>(w.num_tensors() + 1);
+    s.block_rows = 1;
+    s.block_cols = 128;
+    const uint32_t idx = w.AddTensor(s);
+    data.push_back(std::move(bytes));
+    std::vector<uint8_t> sb(scale.size() * 4);
+    std::memcpy(sb.data(), scale.data(), sb.size());
+    w.AddTensor(TensorSpec{s.name + ".scale", DType::kF32, sshape});
+    data.push_back(std::move(sb));
     return idx;
   }
 

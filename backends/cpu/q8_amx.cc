@@ -1,0 +1,240 @@
+// AMX int8 Linear on Q8_PANEL weights: the prefill path (many activation rows).
+//
+// tdpbsud multiplies a signed A tile by an unsigned B tile in VNNI layout, which is exactly the
+// format: A = 16 activation rows × 64 bytes of xq, B = 16 consecutive quads of one panel read
+// straight from the weights (stride 64), C = 16 activation rows × 16 output rows of int32. A
+// 128-column group is two tile products; then C goes through memory, is corrected for the +128
+// (−128·Σq), converted and scaled into f32 accumulators. The C tiles of the next group are computed
+// by the AMX unit while the vector units do that epilogue.
+//
+// Register tile: up to 2 row blocks × 2 panels (4 C, 2 A, 2 B tiles: all 8), so each tile load feeds
+// two products. An M that is not a multiple of 16 ends with a row block that overlaps the previous
+// one (rows are recomputed, not read past M); a K that is not a multiple of 64 ends with a partial
+// step whose B quads are copied to a zero-padded buffer (xq is zero there, and the panel may be the
+// last bytes of the mapping).
+//
+// Built with -mavx512* -mamx-tile -mamx-int8; called only after DetectSupport().amx (which asked
+// Linux for the tile state). Uses no inline functions or templates from other headers (see
+// q8_avx512.cc).
+#include "backends/cpu/simd_avx512.h"  // first: see there
+
+#include <omp.h>
+
+#include "backends/cpu/q8_kernels.h"
+
+namespace moerun::cpu::q8::amx {
+namespace {
+
+constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
+constexpr int64_t kStepQuads = 16;  // quads per tile product: 64 bytes of K
+// Waking the OpenMP team is worth it above this many multiply-adds.
+constexpr int64_t kMinParallelMacs = int64_t{1} << 22;
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline __mmask16 TailMask16(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// GCC's tile intrinsics are asm statements that do not tell the compiler they read memory: plain
+// stores feeding a tile load (the config, the padded B copy) must be fenced off by this barrier.
+inline void CompilerBarrier() { __asm__ volatile("" ::: "memory"); }
+
+struct TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Tiles 0-3: C (row block r, panel t) = 2r + t; 4-5: A of row block r; 6-7: B of panel t. All are
+// 16 rows × 64 bytes.
+void LoadTileConfig() {
+  alignas(64) TileConfig cfg = {};
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  CompilerBarrier();
+  _tile_loadconfig(&cfg);
+}
+
+struct Args {
+  const uint8_t* data;
+  const float* scale;
+  int64_t N, G, quads, panel_bytes;
+  const int8_t* xq;
+  int64_t xstride;
+  const float* xs;
+  const int32_t* xsum;
+  float* y;
+  int64_t ldy;
+};
+
+// The tile register file as a template: RB row blocks starting at rows[], PB panels from p.
+template <int RB, int PB>
+class Block {
+ public:
+  Block(const Args& a, const int64_t* rows, int64_t p) : a_(a), p_(p) {
+    for (int r = 0; r < RB; ++r) rows_[r] = rows[r];
+    for (int t = 0; t < PB; ++t) panel_[t] = a.data + (p + t) * a.panel_bytes;
+    for (int c = 0; c < RB * PB; ++c)
+      for (int i = 0; i < 16; ++i) _mm512_store_ps(facc_[c] + 16 * i, _mm512_setzero_ps());
+    // The y rows this block ends with are far apart and usually not cached; missing stores at the
+    // end would hold up the store buffer (it commits in order) and with it the next block's
+    // accumulator updates. Fetched now, they arrive while the block computes (~10% at M = 512).
+    for (int r = 0; r < RB; ++r)
+      for (int t = 0; t < PB; ++t)
+        for (int i = 0; i < 16; ++i) {
+          const char* y = reinterpret_cast<const char*>(a.y + (rows_[r] + i) * a.ldy + (p + t) * kPanelRows);
+          _mm_prefetch(y, _MM_HINT_T0);
+          _mm_prefetch(y + 63, _MM_HINT_T0);
+        }
+    const int64_t tail = a.quads % kStepQuads;
+    if (tail != 0) {
+      for (int t = 0; t < PB; ++t) {
+        const uint8_t* src = panel_[t] + (a.quads - tail) * kQuadBytes;
+        for (int64_t q = 0; q < kStepQuads; ++q)
+          _mm512_store_si512(btail_[t] + q * kQuadBytes,
+                             q < tail ? _mm512_loadu_si512(src + q * kQuadBytes) : _mm512_setzero_si512());
+      }
+      CompilerBarrier();
+    }
+  }
+
+  void Run() {
+    Products(0, -1);
+    for (int64_t g = 0; g < a_.G; ++g) {
+      StoreC();
+      if (g + 1 < a_.G) {
+        Products(g + 1, g);
+      } else {
+        for (int c = 0; c < RB * PB; ++c) Epilogue(g, c);
+      }
+    }
+    for (int r = 0; r < RB; ++r)
+      for (int t = 0; t < PB; ++t) {
+        const __mmask16 mask = TailMask16(a_.N - (p_ + t) * kPanelRows);
+        float* y = a_.y + rows_[r] * a_.ldy + (p_ + t) * kPanelRows;
+        for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(y + i * a_.ldy, mask, _mm512_load_ps(facc_[r * PB + t] + 16 * i));
+      }
+  }
+
+ private:
+  // C = Σ over group g's 64-byte steps of A · B, with the epilogue of group `done` (stored in c_)
+  // spread between the tile products: the AMX unit and the vector units then work side by side
+  // within the out-of-order window instead of taking turns.
+  void Products(int64_t g, int64_t done) {
+    _tile_zero(0);
+    if constexpr (PB > 1) _tile_zero(1);
+    if constexpr (RB > 1) _tile_zero(2);
+    if constexpr (RB > 1 && PB > 1) _tile_zero(3);
+    int pending = done >= 0 ? 0 : RB * PB;  // next C tile of group `done` to finish
+    const int64_t q0 = g * kQuadsPerGroup;
+    const int64_t q1 = q0 + kQuadsPerGroup < a_.quads ? q0 + kQuadsPerGroup : a_.quads;
+    for (int64_t q = q0; q < q1; q += kStepQuads) {
+      const bool full = q + kStepQuads <= a_.quads;
+      _tile_loadd(4, a_.xq + rows_[0] * a_.xstride + q * 4, a_.xstride);
+      if constexpr (RB > 1) _tile_loadd(5, a_.xq + rows_[1] * a_.xstride + q * 4, a_.xstride);
+      _tile_loadd(6, full ? panel_[0] + q * kQuadBytes : btail_[0], kQuadBytes);
+      if constexpr (PB > 1) _tile_loadd(7, full ? panel_[1] + q * kQuadBytes : btail_[1], kQuadBytes);
+      _tile_dpbsud(0, 4, 6);
+      if constexpr (PB > 1) _tile_dpbsud(1, 4, 7);
+      if (pending < RB * PB) Epilogue(done, pending++);
+      if constexpr (RB > 1) {
+        _tile_dpbsud(2, 5, 6);
+        if constexpr (PB > 1) _tile_dpbsud(3, 5, 7);
+        if (pending < RB * PB) Epilogue(done, pending++);
+      }
+    }
+    while (pending < RB * PB) Epilogue(done, pending++);
+  }
+
+  void StoreC() {
+    _tile_stored(0, c_[0], 64);
+    if constexpr (PB > 1) _tile_stored(1, c_[1], 64);
+    if constexpr (RB > 1) _tile_stored(2, c_[PB], 64);
+    if constexpr (RB > 1 && PB > 1) _tile_stored(3, c_[3], 64);
+  }
+
+  // facc += float(C − 128·Σq) · (sw · xs), row by row: the same operations as the scalar kernel.
+  // C − 128·Σq is one vpdpwssd with Σq broadcast from memory: its low int16 times −128, its high
+  // int16 (the sign, as |Σq| <= 127·128) times 0; that saves a broadcast shuffle per row.
+  void Epilogue(int64_t g, int c) {
+    const int r = c / PB, t = c % PB;
+    const __m512i minus128 = _mm512_set1_epi32(0x0000ff80);
+    // Locals only: intrinsic stores go through may_alias vector types, so anything read through
+    // a_ or this would be reloaded after every accumulator store.
+    const int64_t G = a_.G;
+    const __m512 sw = _mm512_loadu_ps(a_.scale + ((p_ + t) * G + g) * kPanelRows);
+    const float* xs = a_.xs + rows_[r] * G + g;
+    const int32_t* xsum = a_.xsum + rows_[r] * G + g;
+    const int32_t* cbuf = c_[c];
+    float* facc = facc_[c];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      const __m512i isum = _mm512_dpwssd_epi32(_mm512_load_si512(cbuf + 16 * i), minus128, _mm512_set1_epi32(xsum[i * G]));
+      const __m512 scale = _mm512_mul_ps(sw, _mm512_set1_ps(xs[i * G]));
+      _mm512_store_ps(facc + 16 * i, _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, _mm512_load_ps(facc + 16 * i)));
+    }
+  }
+
+  const Args& a_;
+  int64_t p_;
+  int64_t rows_[RB];
+  const uint8_t* panel_[PB];
+  alignas(64) int32_t c_[RB * PB][256];
+  alignas(64) uint8_t btail_[PB][kStepQuads * kQuadBytes];
+  alignas(64) float facc_[RB * PB][256];  // f32 accumulators, laid out as the C tiles
+};
+
+template <int PB>
+void RowBlocks(const Args& a, int64_t M, int64_t p) {
+  // Block b starts at 16b, the last one at M − 16 so that it stays inside the activations.
+  const int64_t nb = CeilDiv(M, 16);
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const int64_t rows[2] = {16 * b, 16 * (b + 1) < M - 16 ? 16 * (b + 1) : M - 16};
+    Block<2, PB>(a, rows, p).Run();
+  }
+  if (b < nb) {
+    const int64_t rows[1] = {M - 16};
+    Block<1, PB>(a, rows, p).Run();
+  }
+}
+
+}  // namespace
+
+void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
+                int64_t ldy) {
+  Args a;
+  a.data = static_cast<const uint8_t*>(w.data);
+  a.scale = w.scale;
+  a.N = w.rows;
+  a.G = CeilDiv(w.cols, kGroupCols);
+  a.quads = CeilDiv(w.cols, 4);
+  a.panel_bytes = a.quads * kQuadBytes;
+  a.xq = xq;
+  a.xstride = XqStride(w.cols);
+  a.xs = xs;
+  a.xsum = xsum;
+  a.y = y;
+  a.ldy = ldy;
+  const int64_t P = CeilDiv(a.N, kPanelRows);
+#pragma omp parallel if (M * P * kPanelRows * w.cols >= kMinParallelMacs)
+  {
+    // Tile configuration is per-thread state: set it up in every thread that runs tiles.
+    LoadTileConfig();
+    // Threads split the panels (never the rows, whose blocks may overlap): contiguous ranges, each
+    // panel pair staying in cache while all row blocks go by.
+    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t p0 = P * id / T, p1 = P * (id + 1) / T;
+    int64_t p = p0;
+    for (; p + 2 <= p1; p += 2) RowBlocks<2>(a, M, p);
+    if (p < p1) RowBlocks<1>(a, M, p);
+    _tile_release();
+  }
+}
+
+}  // namespace moerun::cpu::q8::amx

@@ -1,0 +1,170 @@
+// Q8_PANEL kernels: CPU detection, scratch sizing, the portable kernels and the dispatch to the SIMD
+// files (q8_avx512.cc, q8_vnni.cc, q8_amx.cc).
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "backends/cpu/q8_kernels.h"
+
+namespace moerun::cpu::q8 {
+namespace {
+
+// Below this many weight bytes the scalar kernels stay on one thread.
+constexpr int64_t kMinParallelBytes = int64_t{1} << 16;
+
+int64_t AlignUp64(int64_t n) { return (n + 63) & ~int64_t{63}; }
+
+// Linux keeps AMX tile data off until a process asks (arch/x86/include/uapi/asm/prctl.h).
+bool RequestAmxPermission() {
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+Support Detect() {
+  Support s;
+  __builtin_cpu_init();
+  s.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+  s.vnni = s.avx512 && __builtin_cpu_supports("avx512vnni");
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool leaf7 = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0;
+  const bool amx_tile = leaf7 && (edx & (1u << 24)) != 0, amx_int8 = leaf7 && (edx & (1u << 25)) != 0;
+  s.amx = s.vnni && amx_tile && amx_int8 && RequestAmxPermission();
+  return s;
+}
+
+}  // namespace
+
+Support DetectSupport() {
+  static const Support support = Detect();
+  return support;
+}
+
+// Whole 64-byte lines (an A tile row), and an odd number of them: the 16 rows of an A tile then fall
+// in 16 different L1 sets. With a power-of-two stride (K = 2048) they share two sets and the tile
+// loads thrash L1 (a bare tile-product loop ran ~1.8x slower that way).
+int64_t XqStride(int64_t K) { return 64 * (((K + 63) / 64) | 1); }
+
+int64_t ActivationBytes(int64_t M, int64_t K) {
+  return AlignUp64(M * XqStride(K)) + 2 * AlignUp64(M * Groups(K) * 4);
+}
+
+ActivationBuffers CarveActivations(void* scratch, int64_t M, int64_t K) {
+  char* p = static_cast<char*>(scratch);
+  ActivationBuffers b;
+  b.xq = reinterpret_cast<int8_t*>(p);
+  p += AlignUp64(M * XqStride(K));
+  b.xs = reinterpret_cast<float*>(p);
+  p += AlignUp64(M * Groups(K) * 4);
+  b.xsum = reinterpret_cast<int32_t*>(p);
+  return b;
+}
+
+void QuantizeActivationsScalar(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs,
+                               int32_t* xsum) {
+  const int64_t G = Groups(K), stride = XqStride(K);
+  for (int64_t m = 0; m < M; ++m) {
+    ::moerun::q8::QuantizeRow(x + m * ldx, K, xq + m * stride, xs + m * G, xsum + m * G);
+    std::fill(xq + m * stride + K, xq + m * stride + stride, int8_t{0});
+  }
+}
+
+void LinearInt8Scalar(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M,
+                      float* y, int64_t ldy) {
+  const int64_t N = w.rows, K = w.cols, G = Groups(K), stride = XqStride(K), panel_bytes = PanelBytes(K);
+  const auto* data = static_cast<const uint8_t*>(w.data);
+#pragma omp parallel for schedule(static) if (N * K >= kMinParallelBytes)
+  for (int64_t r = 0; r < N; ++r) {
+    // Row r's bytes: one 4-byte run per quad of its panel.
+    const uint8_t* row = data + (r / kPanelRows) * panel_bytes + (r % kPanelRows) * kQuadCols;
+    const float* sw = w.scale + (r / kPanelRows) * G * kPanelRows + r % kPanelRows;
+    for (int64_t m = 0; m < M; ++m) {
+      const int8_t* xm = xq + m * stride;
+      float acc = 0.0f;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t c0 = g * kGroupCols, c1 = std::min(K, c0 + kGroupCols);
+        // Offset-binary bytes times q, less 128·Σq: the same exact integer the SIMD kernels form.
+        int32_t isum = -128 * xsum[m * G + g];
+        for (int64_t c = c0; c < c1; ++c)
+          isum += static_cast<int32_t>(row[(c / kQuadCols) * kQuadBytes + c % kQuadCols]) * xm[c];
+        acc = std::fma(static_cast<float>(isum), sw[g * kPanelRows] * xs[m * G + g], acc);
+      }
+      y[m * ldy + r] = acc;
+    }
+  }
+}
+
+void LinearF32Scalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+  const int64_t N = w.rows, K = w.cols, G = Groups(K), panel_bytes = PanelBytes(K);
+  const auto* data = static_cast<const uint8_t*>(w.data);
+#pragma omp parallel for schedule(static) if (N * K >= kMinParallelBytes)
+  for (int64_t r = 0; r < N; ++r) {
+    const uint8_t* row = data + (r / kPanelRows) * panel_bytes + (r % kPanelRows) * kQuadCols;
+    const float* sw = w.scale + (r / kPanelRows) * G * kPanelRows + r % kPanelRows;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = x + m * ldx;
+      float acc = 0.0f;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t c0 = g * kGroupCols, c1 = std::min(K, c0 + kGroupCols);
+        float dot = 0.0f;
+        for (int64_t c = c0; c < c1; ++c)
+          dot += static_cast<float>(static_cast<int32_t>(row[(c / kQuadCols) * kQuadBytes + c % kQuadCols]) - 128) *
+                 xm[c];
+        acc += dot * sw[g * kPanelRows];
+      }
+      y[m * ldy + r] = acc;
+    }
+  }
+}
+
+void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
+  if (M <= 0 || K <= 0) return;
+  if (DetectSupport().avx512) {
+    avx512::QuantizeActivations(x, ldx, M, K, xq, xs, xsum);
+  } else {
+    QuantizeActivationsScalar(x, ldx, M, K, xq, xs, xsum);
+  }
+}
+
+void LinearInt8On(Int8Path path, const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum,
+                  int64_t M, float* y, int64_t ldy) {
+  if (M <= 0 || w.rows <= 0) return;
+  if (w.cols <= 0) {
+    for (int64_t m = 0; m < M; ++m) std::fill(y + m * ldy, y + m * ldy + w.rows, 0.0f);
+    return;
+  }
+  const Support s = DetectSupport();
+  // AMX already wins at its minimum of one full A tile (16 rows: ~1.9x VNNI on Sapphire Rapids).
+  if (path == Int8Path::kAuto) path = M >= amx::kMinRows ? Int8Path::kAmx : Int8Path::kVnni;
+  if (path == Int8Path::kAmx && (!s.amx || M < amx::kMinRows)) path = Int8Path::kVnni;
+  if (path == Int8Path::kVnni && !s.vnni) path = Int8Path::kScalar;
+  switch (path) {
+    case Int8Path::kAmx: amx::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
+    case Int8Path::kVnni: vnni::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
+    default: LinearInt8Scalar(w, xq, xs, xsum, M, y, ldy); break;
+  }
+}
+
+void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
+                int64_t ldy) {
+  LinearInt8On(Int8Path::kAuto, w, xq, xs, xsum, M, y, ldy);
+}
+
+void LinearF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+  if (M <= 0 || w.rows <= 0) return;
+  if (w.cols <= 0) {
+    for (int64_t m = 0; m < M; ++m) std::fill(y + m * ldy, y + m * ldy + w.rows, 0.0f);
+    return;
+  }
+  if (DetectSupport().avx512) {
+    avx512::LinearF32(w, x, ldx, M, y, ldy);
+  } else {
+    LinearF32Scalar(w, x, ldx, M, y, ldy);
+  }
+}
+
+}  // namespace moerun::cpu::q8

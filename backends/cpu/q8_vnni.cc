@@ -1,0 +1,149 @@
+// AVX-512 VNNI int8 Linear on Q8_PANEL weights: the decode path (and the large-M path without AMX).
+//
+// Vertical layout: a panel quad (16 rows × 4 columns, offset-binary bytes) is one zmm, the unsigned
+// operand of vpdpbusd; the 4 int8 activations of that quad are broadcast from xq. So one int32
+// accumulator holds 16 output rows of one activation row, and each weight byte is loaded once per
+// register tile of MR activation rows × PT panels. Per 128-column group the accumulators are
+// corrected for the +128 (−128·Σq), converted and scaled once.
+//
+// Built with -mavx512* -mavx512vnni; called only after DetectSupport().vnni. Uses no inline
+// functions or templates from other headers (see q8_avx512.cc).
+#include "backends/cpu/simd_avx512.h"  // first: see there
+
+#include <omp.h>
+
+#include "backends/cpu/q8_kernels.h"
+
+namespace moerun::cpu::q8::vnni {
+namespace {
+
+constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
+// Software prefetch along each panel stream, to L1 a little ahead and to L2 far ahead (at K = 2048
+// that is the next panels at the same offset): with two streams per thread this measured best, ~4%
+// over 4 KiB to L1 only and ~15% over no software prefetch.
+constexpr int64_t kPrefetchL1Bytes = 2048;
+constexpr int64_t kPrefetchL2Bytes = 32768;
+// Below this many weight bytes, waking the OpenMP team costs more than it saves.
+constexpr int64_t kMinParallelBytes = int64_t{1} << 16;
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline __mmask16 TailMask16(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+struct Args {
+  const uint8_t* data;
+  const float* scale;
+  int64_t N, K, G, panel_bytes, quads;
+  const int8_t* xq;
+  int64_t xstride;
+  const float* xs;
+  const int32_t* xsum;
+  float* y;
+  int64_t ldy;
+};
+
+// Activation rows m0..m0+MR against panels p..p+PT.
+template <int MR, int PT>
+void Tile(const Args& a, int64_t m0, int64_t p) {
+  const uint8_t* panel[PT];
+  for (int t = 0; t < PT; ++t) panel[t] = a.data + (p + t) * a.panel_bytes;
+  const int64_t xstride = a.xstride;
+  const int8_t* xq = a.xq + m0 * xstride;
+  const float* xs = a.xs + m0 * a.G;
+  const int32_t* xsum = a.xsum + m0 * a.G;
+  __m512 facc[MR][PT];
+  for (int m = 0; m < MR; ++m)
+    for (int t = 0; t < PT; ++t) facc[m][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m512i acc[MR][PT];
+    for (int m = 0; m < MR; ++m)
+      for (int t = 0; t < PT; ++t) acc[m][t] = _mm512_setzero_si512();
+    const int64_t j0 = g * kQuadsPerGroup, j1 = j0 + kQuadsPerGroup < a.quads ? j0 + kQuadsPerGroup : a.quads;
+    for (int64_t j = j0; j < j1; ++j) {
+      __m512i w[PT];
+#pragma GCC unroll 2
+      for (int t = 0; t < PT; ++t) {
+        const uint8_t* q = panel[t] + j * kQuadBytes;
+        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchL1Bytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchL2Bytes), _MM_HINT_T1);
+        w[t] = _mm512_loadu_si512(q);
+      }
+      // Fully unrolled, so that the accumulators live in registers.
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        int32_t x4;
+        __builtin_memcpy(&x4, xq + m * xstride + 4 * j, 4);
+        const __m512i xb = _mm512_set1_epi32(x4);
+#pragma GCC unroll 2
+        for (int t = 0; t < PT; ++t) acc[m][t] = _mm512_dpbusd_epi32(acc[m][t], w[t], xb);
+      }
+    }
+    for (int t = 0; t < PT; ++t) {
+      const __m512 sw = _mm512_loadu_ps(a.scale + ((p + t) * a.G + g) * kPanelRows);
+      for (int m = 0; m < MR; ++m) {
+        const __m512i isum = _mm512_sub_epi32(acc[m][t], _mm512_set1_epi32(128 * xsum[m * a.G + g]));
+        facc[m][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(sw, _mm512_set1_ps(xs[m * a.G + g])),
+                                     facc[m][t]);
+      }
+    }
+  }
+  for (int t = 0; t < PT; ++t) {
+    const __mmask16 mask = TailMask16(a.N - (p + t) * kPanelRows);
+    for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(a.y + (m0 + m) * a.ldy + (p + t) * kPanelRows, mask, facc[m][t]);
+  }
+}
+
+// All M rows against panels p..p+PT: 8-row tiles while the panels stay in cache, then the rest.
+template <int PT>
+void Panels(const Args& a, int64_t M, int64_t p) {
+  int64_t m = 0;
+  for (; m + 8 <= M; m += 8) Tile<8, PT>(a, m, p);
+  switch (M - m) {
+    case 7: Tile<7, PT>(a, m, p); break;
+    case 6: Tile<6, PT>(a, m, p); break;
+    case 5: Tile<5, PT>(a, m, p); break;
+    case 4: Tile<4, PT>(a, m, p); break;
+    case 3: Tile<3, PT>(a, m, p); break;
+    case 2: Tile<2, PT>(a, m, p); break;
+    case 1: Tile<1, PT>(a, m, p); break;
+    default: break;
+  }
+}
+
+// Panels [p0, p1) two at a time: two weight streams per thread and at least two vpdpbusd chains
+// streamed DRAM fastest (one stream with split accumulators and four streams were 3-10% slower).
+void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
+  int64_t p = p0;
+  for (; p + 2 <= p1; p += 2) Panels<2>(a, M, p);
+  if (p < p1) Panels<1>(a, M, p);
+}
+
+}  // namespace
+
+void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
+                int64_t ldy) {
+  Args a;
+  a.data = static_cast<const uint8_t*>(w.data);
+  a.scale = w.scale;
+  a.N = w.rows;
+  a.K = w.cols;
+  a.G = CeilDiv(a.K, kGroupCols);
+  a.quads = CeilDiv(a.K, 4);
+  a.panel_bytes = a.quads * kQuadBytes;
+  a.xq = xq;
+  a.xstride = XqStride(a.K);
+  a.xs = xs;
+  a.xsum = xsum;
+  a.y = y;
+  a.ldy = ldy;
+  const int64_t P = CeilDiv(a.N, kPanelRows);
+#pragma omp parallel if (P * a.panel_bytes >= kMinParallelBytes)
+  {
+    // Contiguous panel ranges: each thread streams its own share of the weights exactly once.
+    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
+    Range(a, M, P * id / T, P * (id + 1) / T);
+  }
+}
+
+}  // namespace moerun::cpu::q8::vnni

@@ -1,0 +1,351 @@
+// Q8_PANEL kernels (backends/cpu/q8_kernels.h) against straightforward implementations of their
+// semantics written here from the format's definition (runtime/core/q8_panel.h).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backends/cpu/q8_kernels.h"
+
+namespace moerun::cpu::q8 {
+namespace {
+
+constexpr float kGuard = -7.25e30f;
+
+// A weight as int8 values and per-group scales (row-major, the semantics) and as Q8_PANEL bytes.
+struct Q8Weight {
+  int64_t N = 0, K = 0;
+  std::vector<int8_t> q;    // [N, K]
+  std::vector<float> s;     // [N, Groups(K)]
+  std::vector<uint8_t> data;
+  std::vector<float> scale;
+  WeightView view() const {
+    WeightView w;
+    w.data = data.data();
+    w.rows = N;
+    w.cols = K;
+    w.scale = scale.data();
+    return w;
+  }
+  float At(int64_t r, int64_t c) const { return static_cast<float>(q[r * K + c]) * s[r * Groups(K) + c / 128]; }
+};
+
+// Panels straight from the definition: bytes q + 128 at ByteIndex, scales at ScaleIndex, padding
+// rows and columns q = 0, padding scales 0.
+void Pack(Q8Weight& w) {
+  const int64_t G = Groups(w.K);
+  w.data.assign(MatrixBytes(w.N, w.K), 128);
+  w.scale.assign(MatrixScales(w.N, w.K), 0.0f);
+  for (int64_t r = 0; r < w.N; ++r) {
+    for (int64_t c = 0; c < w.K; ++c)
+      w.data[ByteIndex(r, c, w.K)] = static_cast<uint8_t>(w.q[r * w.K + c] + 128);
+    for (int64_t g = 0; g < G; ++g) w.scale[ScaleIndex(r, g * 128, w.K)] = w.s[r * G + g];
+  }
+}
+
+// Random int8 values over the whole range, with an all-zero group now and then.
+Q8Weight RandomWeight(int64_t N, int64_t K, std::mt19937& rng) {
+  Q8Weight w;
+  w.N = N;
+  w.K = K;
+  const int64_t G = Groups(K);
+  std::uniform_int_distribution<int> qd(-127, 127);
+  std::uniform_real_distribution<float> sd(1e-3f, 2e-2f);
+  w.q.resize(N * K);
+  for (int8_t& v : w.q) v = static_cast<int8_t>(qd(rng));
+  w.s.resize(N * G);
+  for (float& v : w.s) v = sd(rng);
+  for (int64_t r = 3; r < N; r += 7)
+    for (int64_t c = 0; c < std::min<int64_t>(K, 128); ++c) w.q[r * K + c] = 0;
+  Pack(w);
+  return w;
+}
+
+// A float matrix quantised as the converter does (absmax / 127 per row and group).
+Q8Weight QuantizeWeight(const std::vector<float>& f, int64_t N, int64_t K) {
+  Q8Weight w;
+  w.N = N;
+  w.K = K;
+  const int64_t G = Groups(K);
+  w.q.resize(N * K);
+  w.s.resize(N * G);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t c0 = g * 128, c1 = std::min(K, c0 + 128);
+      float a = 0.0f;
+      for (int64_t c = c0; c < c1; ++c) a = std::max(a, std::fabs(f[r * K + c]));
+      const float s = a / 127.0f;
+      w.s[r * G + g] = s;
+      for (int64_t c = c0; c < c1; ++c)
+        w.q[r * K + c] = static_cast<int8_t>(s == 0.0f ? 0 : std::clamp(std::nearbyint(f[r * K + c] / s), -127.0f, 127.0f));
+    }
+  Pack(w);
+  return w;
+}
+
+std::vector<float> RandomActivations(int64_t M, int64_t ld, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(M * ld);
+  for (float& v : x) v = d(rng);
+  // An all-zero first group in row 1, a large outlier in row 2.
+  if (M > 1)
+    for (int64_t c = 0; c < std::min<int64_t>(ld, 128); ++c) x[ld + c] = 0.0f;
+  if (M > 2) x[2 * ld] = 40.0f;
+  return x;
+}
+
+struct Quantized {
+  std::vector<uint8_t> buffer;
+  ActivationBuffers b;
+};
+
+Quantized Quantize(const std::vector<float>& x, int64_t ldx, int64_t M, int64_t K, bool scalar) {
+  Quantized out;
+  out.buffer.assign(ActivationBytes(M, K) + 64, 0xab);  // garbage where padding must be written
+  void* base = out.buffer.data() + (64 - reinterpret_cast<uintptr_t>(out.buffer.data()) % 64) % 64;
+  out.b = CarveActivations(base, M, K);
+  (scalar ? QuantizeActivationsScalar : QuantizeActivations)(x.data(), ldx, M, K, out.b.xq, out.b.xs, out.b.xsum);
+  return out;
+}
+
+// The int8 mode from its definition: exact integer group sums, then fmaf in group order.
+std::vector<float> ReferenceInt8(const Q8Weight& w, const ActivationBuffers& a, int64_t M) {
+  const int64_t G = Groups(w.K), stride = XqStride(w.K);
+  std::vector<float> y(M * w.N);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t r = 0; r < w.N; ++r) {
+      float acc = 0.0f;
+      for (int64_t g = 0; g < G; ++g) {
+        int32_t isum = 0;
+        for (int64_t c = g * 128; c < std::min(w.K, g * 128 + 128); ++c)
+          isum += static_cast<int32_t>(w.q[r * w.K + c]) * a.xq[m * stride + c];
+        acc = std::fma(static_cast<float>(isum), w.s[r * G + g] * a.xs[m * G + g], acc);
+      }
+      y[m * w.N + r] = acc;
+    }
+  return y;
+}
+
+// y with row stride N + 5 and one extra row, all guard values, so stray writes show.
+struct Output {
+  int64_t N, M, ld;
+  std::vector<float> y;
+  Output(int64_t n, int64_t m) : N(n), M(m), ld(n + 5), y((m + 1) * (n + 5), kGuard) {}
+  float At(int64_t m, int64_t r) const { return y[m * ld + r]; }
+  void ExpectGuardsIntact() const {
+    for (int64_t m = 0; m <= M; ++m)
+      for (int64_t r = m < M ? N : 0; r < ld; ++r) ASSERT_EQ(y[m * ld + r], kGuard) << "stray write at " << m << "," << r;
+  }
+};
+
+std::vector<Int8Path> AvailablePaths() {
+  const Support s = DetectSupport();
+  std::vector<Int8Path> paths = {Int8Path::kScalar, Int8Path::kAuto};
+  if (s.vnni) paths.push_back(Int8Path::kVnni);
+  if (s.amx) paths.push_back(Int8Path::kAmx);
+  return paths;
+}
+
+const char* PathName(Int8Path p) {
+  switch (p) {
+    case Int8Path::kScalar: return "scalar";
+    case Int8Path::kVnni: return "vnni";
+    case Int8Path::kAmx: return "amx";
+    default: return "auto";
+  }
+}
+
+TEST(Q8Kernels, ReportsSupport) {
+  const Support s = DetectSupport();
+  std::printf("q8 kernels: avx512 %d, vnni %d, amx %d\n", s.avx512, s.vnni, s.amx);
+  EXPECT_TRUE(!s.vnni || s.avx512);
+  EXPECT_TRUE(!s.amx || s.vnni);
+}
+
+TEST(Q8Kernels, QuantizeMatchesDefinitionAndScalar) {
+  std::mt19937 rng(1);
+  for (int64_t K : {1, 3, 4, 5, 64, 100, 127, 128, 129, 200, 256, 300, 1000}) {
+    const int64_t M = 4, ldx = K + 3;
+    std::vector<float> x = RandomActivations(M, ldx, rng);
+    // Row 3: exact ties. a = 127 makes inv exactly 1, so x · inv is the tie itself.
+    for (int64_t c = 0; c < K; ++c) x[3 * ldx + c] = 0.5f * static_cast<float>(static_cast<int>(c % 9) - 4);
+    x[3 * ldx] = 127.0f;
+    if (K > 5) x[3 * ldx + 5] = -126.5f;
+    const Quantized simd = Quantize(x, ldx, M, K, false), scalar = Quantize(x, ldx, M, K, true);
+    const int64_t G = Groups(K), stride = XqStride(K);
+    ASSERT_EQ(0, std::memcmp(simd.b.xq, scalar.b.xq, M * stride)) << "K " << K;
+    ASSERT_EQ(0, std::memcmp(simd.b.xs, scalar.b.xs, M * G * 4)) << "K " << K;
+    ASSERT_EQ(0, std::memcmp(simd.b.xsum, scalar.b.xsum, M * G * 4)) << "K " << K;
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t c = K; c < stride; ++c) ASSERT_EQ(simd.b.xq[m * stride + c], 0) << "padding " << K;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t c0 = g * 128, c1 = std::min(K, c0 + 128);
+        float a = 0.0f;
+        for (int64_t c = c0; c < c1; ++c) a = std::max(a, std::fabs(x[m * ldx + c]));
+        ASSERT_EQ(simd.b.xs[m * G + g], a / 127.0f);
+        int32_t sum = 0;
+        for (int64_t c = c0; c < c1; ++c) {
+          const float v = x[m * ldx + c] * (a == 0.0f ? 0.0f : 127.0f / a);
+          const int q = static_cast<int>(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
+          ASSERT_EQ(simd.b.xq[m * stride + c], q) << "m " << m << " c " << c << " x " << x[m * ldx + c];
+          sum += q;
+        }
+        ASSERT_EQ(simd.b.xsum[m * G + g], sum);
+      }
+    }
+    if (K > 5) {  // half-way cases round to even
+      const int8_t* q3 = simd.b.xq + 3 * stride;
+      EXPECT_EQ(q3[1], -2);    // -1.5
+      EXPECT_EQ(q3[3], 0);     // -0.5
+      EXPECT_EQ(q3[4], 0);     // 0
+      EXPECT_EQ(q3[5], -126);  // -126.5
+    }
+    if (K > 7) {
+      EXPECT_EQ(simd.b.xq[3 * stride + 6], 1);  // 1.0
+      EXPECT_EQ(simd.b.xq[3 * stride + 7], 2);      // 1.5 → 2
+    }
+    EXPECT_EQ(simd.b.xs[1 * G], 0.0f);  // row 1's first group is zero
+    EXPECT_EQ(simd.b.xsum[1 * G], 0);
+  }
+}
+
+TEST(Q8Kernels, QuantizeNonFiniteAgrees) {
+  const int64_t K = 300;
+  std::vector<float> x(3 * K, 0.25f);
+  x[5] = std::numeric_limits<float>::quiet_NaN();
+  x[K + 7] = std::numeric_limits<float>::infinity();
+  x[2 * K + 9] = 1e-42f;  // subnormal maximum: 127 / a overflows
+  const Quantized simd = Quantize(x, K, 3, K, false), scalar = Quantize(x, K, 3, K, true);
+  EXPECT_EQ(0, std::memcmp(simd.b.xq, scalar.b.xq, 3 * XqStride(K)));
+  EXPECT_EQ(0, std::memcmp(simd.b.xs, scalar.b.xs, 3 * Groups(K) * 4));
+  EXPECT_EQ(0, std::memcmp(simd.b.xsum, scalar.b.xsum, 3 * Groups(K) * 4));
+}
+
+TEST(Q8Kernels, Int8PathsMatchDefinition) {
+  std::mt19937 rng(2);
+  const std::vector<Int8Path> paths = AvailablePaths();
+  for (int64_t N : {1, 16, 17, 33, 100})
+    for (int64_t K : {1, 3, 64, 100, 128, 129, 200, 300, 1000}) {
+      const Q8Weight w = RandomWeight(N, K, rng);
+      for (int64_t M : {1, 2, 3, 4, 5, 8, 13, 16, 17, 33, 64, 100}) {
+        const int64_t ldx = K + 1;
+        const std::vector<float> x = RandomActivations(M, ldx, rng);
+        const Quantized a = Quantize(x, ldx, M, K, false);
+        const std::vector<float> want = ReferenceInt8(w, a.b, M);
+        for (Int8Path path : paths) {
+          SCOPED_TRACE(std::string(PathName(path)) + " N " + std::to_string(N) + " K " + std::to_string(K) + " M " +
+                       std::to_string(M));
+          Output out(N, M);
+          LinearInt8On(path, w.view(), a.b.xq, a.b.xs, a.b.xsum, M, out.y.data(), out.ld);
+          out.ExpectGuardsIntact();
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t r = 0; r < N; ++r) {
+              const float got = out.At(m, r), ref = want[m * N + r];
+              // Every path is built to give the definition's bits; 1e-5 is the contract.
+              ASSERT_LE(std::fabs(got - ref), 1e-5f * std::fabs(ref)) << m << "," << r;
+              ASSERT_EQ(got, ref) << "not bit-identical at " << m << "," << r;
+            }
+        }
+      }
+    }
+}
+
+TEST(Q8Kernels, AmxFromSeveralThreads) {
+  if (!DetectSupport().amx) GTEST_SKIP() << "no AMX";
+  std::mt19937 rng(3);
+  const int64_t N = 96, K = 384, M = 48;
+  const Q8Weight w = RandomWeight(N, K, rng);
+  const std::vector<float> x = RandomActivations(M, K, rng);
+  const Quantized a = Quantize(x, K, M, K, false);
+  const std::vector<float> want = ReferenceInt8(w, a.b, M);
+  std::vector<std::thread> threads;
+  std::vector<int> ok(4, 0);
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      bool same = true;
+      for (int rep = 0; rep < 20; ++rep) {
+        std::vector<float> y(M * N);
+        LinearInt8On(Int8Path::kAmx, w.view(), a.b.xq, a.b.xs, a.b.xsum, M, y.data(), N);
+        same = same && y == want;
+      }
+      ok[t] = same;
+    });
+  for (std::thread& t : threads) t.join();
+  for (int t = 0; t < 4; ++t) EXPECT_TRUE(ok[t]) << "thread " << t;
+}
+
+// Called from inside an OpenMP team the kernels run on the calling thread, each of which then sets
+// up its own tile configuration.
+TEST(Q8Kernels, InsideParallelRegion) {
+  std::mt19937 rng(6);
+  const int64_t N = 200, K = 640, M = 40;
+  const Q8Weight w = RandomWeight(N, K, rng);
+  const std::vector<float> x = RandomActivations(M, K, rng);
+  const Quantized a = Quantize(x, K, M, K, false);
+  const std::vector<float> want = ReferenceInt8(w, a.b, M);
+  std::vector<int> same(8, 0);
+#pragma omp parallel for num_threads(2)
+  for (int i = 0; i < 8; ++i) {
+    std::vector<float> y(M * N);
+    LinearInt8On(i % 2 ? Int8Path::kAmx : Int8Path::kVnni, w.view(), a.b.xq, a.b.xs, a.b.xsum, M, y.data(), N);
+    same[i] = y == want;
+  }
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(same[i]) << i;
+}
+
+TEST(Q8Kernels, F32MatchesDoubleReference) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> d(0.0f, 0.05f);
+  for (int64_t N : {1, 16, 17, 40})
+    for (int64_t K : {1, 3, 5, 64, 128, 130, 259, 1000})
+      for (int64_t M : {1, 2, 3, 4, 5, 9, 17}) {
+        std::vector<float> f(N * K);
+        for (float& v : f) v = d(rng);
+        const Q8Weight w = QuantizeWeight(f, N, K);
+        const int64_t ldx = K + 2;
+        const std::vector<float> x = RandomActivations(M, ldx, rng);
+        for (bool scalar : {false, true}) {
+          SCOPED_TRACE(std::string(scalar ? "scalar" : "dispatch") + " N " + std::to_string(N) + " K " +
+                       std::to_string(K) + " M " + std::to_string(M));
+          Output out(N, M);
+          (scalar ? LinearF32Scalar : LinearF32)(w.view(), x.data(), ldx, M, out.y.data(), out.ld);
+          out.ExpectGuardsIntact();
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t r = 0; r < N; ++r) {
+              double ref = 0.0, mag = 0.0;
+              for (int64_t c = 0; c < K; ++c) {
+                const double p = static_cast<double>(w.At(r, c)) * x[m * ldx + c];
+                ref += p;
+                mag += std::fabs(p);
+              }
+              // Relative to Σ|w·x|: cancellation makes a plain relative error meaningless near 0.
+              ASSERT_LE(std::fabs(out.At(m, r) - ref), 1e-5 * mag + 1e-30) << m << "," << r;
+            }
+        }
+      }
+}
+
+// The dequantised weights are what the packer was given, to quantisation accuracy.
+TEST(Q8Kernels, PackerRoundTrips) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  const int64_t N = 19, K = 150;
+  std::vector<float> f(N * K);
+  for (float& v : f) v = d(rng);
+  const Q8Weight w = QuantizeWeight(f, N, K);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t c = 0; c < K; ++c) {
+      const float got = Dequant(w.data.data(), w.scale.data(), r, c, K);
+      ASSERT_EQ(got, w.At(r, c));
+      ASSERT_LE(std::fabs(got - f[r * K + c]), 0.5f * w.s[r * Groups(K) + c / 128] * 1.0001f);
+    }
+}
+
+}  // namespace
+}  // namespace moerun::cpu::q8
