@@ -118,6 +118,10 @@ class Bench {
   // One thread count: load, probes, then prefill/decode runs. Appends a JSON object to out.
   bool Run(int threads, const ActiveWork& work, uint32_t vocab, uint64_t kv_bytes_per_token, std::string* out,
            std::string* text, std::string* err) {
+    // The previous run's model goes first, so that its mapped pages and the probes' buffers never
+    // count together in the peak RSS.
+    moerun_model_destroy(model_);
+    model_ = nullptr;
     const double bw = ReadBandwidth(threads, static_cast<size_t>(o_.probe_mib) << 20);
     // Prefill is judged against the GEMM that its matmuls are: int8 for q8_panel weights at bf16
     // precision, bf16 otherwise (the f32 path has no faster floor than that either).
@@ -129,8 +133,6 @@ class Bench {
     mo.backend = o_.backend.c_str();
     mo.precision = o_.precision == "bf16" ? MOERUN_PRECISION_BF16 : MOERUN_PRECISION_F32;
     mo.n_threads = threads;
-    moerun_model_destroy(model_);
-    model_ = nullptr;
     const double l0 = Now();
     if (moerun_model_load(o_.path.c_str(), &mo, &model_) != MOERUN_OK) return Fail(err, "loading model");
     const double load_s = Now() - l0;
@@ -172,7 +174,11 @@ class Bench {
         std::vector<int32_t> toks(static_cast<size_t>(B), ids[8]);
         for (int b = 0; b < B; ++b) seq[b] = b;
         const double d0 = Now();
-        for (int64_t g = 0; g < o_.gen && ok; ++g) ok = Decode(s, toks.data(), static_cast<uint32_t>(B), seq.data());
+        // A different token every step, so routing varies as in generation.
+        for (int64_t g = 0; g < o_.gen && ok; ++g) {
+          for (int b = 0; b < B; ++b) toks[b] = ids[static_cast<size_t>(9 + g + 3 * b) % ids.size()];
+          ok = Decode(s, toks.data(), static_cast<uint32_t>(B), seq.data());
+        }
         decode_tps[bi].push_back(static_cast<double>(B) * o_.gen / (Now() - d0));
       }
       moerun_session_destroy(s);

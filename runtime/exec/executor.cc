@@ -1,5 +1,8 @@
 // The forward pass: walks the graph's nodes over activation buffers [T, D]. Each node runs its ops on
 // the model's backend; routing runs here in fp32.
+#include <omp.h>
+
+#include <algorithm>
 #include <cstring>
 
 #include "runtime/exec/session.h"
@@ -144,42 +147,74 @@ void Session::RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T) {
   RouterLogits(x, T, D, w.router, E, logits);
   route_experts_.resize(static_cast<size_t>(T * K));
   route_weights_.resize(static_cast<size_t>(T * K));
+  slot_of_.resize(static_cast<size_t>(T * K));
+  slot_token_.resize(static_cast<size_t>(T * K));
   float* route_scratch = Scratch(kRouteScratch, 2 * (E + c.n_group));
-  for (auto& v : expert_tokens_) v.clear();
-  for (auto& v : expert_weights_) v.clear();
+  std::fill(expert_offset_.begin(), expert_offset_.end(), 0);
   for (int64_t t = 0; t < T; ++t) {
     RouteToken(c, logits + t * E, w.bias, route_scratch, &route_experts_[t * K], &route_weights_[t * K]);
-    for (int64_t k = 0; k < K; ++k) {
-      const int32_t e = route_experts_[t * K + k];
-      expert_tokens_[e].push_back(static_cast<int32_t>(t));
-      expert_weights_[e].push_back(route_weights_[t * K + k]);
-    }
+    for (int64_t k = 0; k < K; ++k) ++expert_offset_[route_experts_[t * K + k] + 1];
   }
+  // Slots: the (token, k) pairs grouped by expert, in token order within an expert, so each
+  // selected expert's weights are read once per batch on a contiguous block of rows.
+  for (int64_t e = 0; e < E; ++e) expert_offset_[e + 1] += expert_offset_[e];
+  active_experts_.clear();
+  for (int64_t e = 0; e < E; ++e)
+    if (expert_offset_[e + 1] > expert_offset_[e]) active_experts_.push_back(static_cast<int32_t>(e));
+  {
+    std::vector<int64_t>& next = expert_next_;
+    next.assign(expert_offset_.begin(), expert_offset_.end() - 1);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t slot = next[route_experts_[t * K + k]]++;
+        slot_of_[t * K + k] = static_cast<int32_t>(slot);
+        slot_token_[slot] = static_cast<int32_t>(t);
+      }
+  }
+  // Largest first, so that a dynamic schedule ends balanced.
+  std::stable_sort(active_experts_.begin(), active_experts_.end(), [&](int32_t a, int32_t b) {
+    return expert_offset_[a + 1] - expert_offset_[a] > expert_offset_[b + 1] - expert_offset_[b];
+  });
 
-  // Shared experts first (they write y), then every routed expert adds its weighted output.
+  // Shared experts first (they write y).
   if (w.has_shared) {
     RunMlp(w.shared, x, y, T);
   } else {
     std::memset(y, 0, static_cast<size_t>(T * D) * sizeof(float));
   }
-  // Tokens grouped by expert: each selected expert's weights are read once per batch.
-  for (int64_t e = 0; e < E; ++e) {
-    const auto& toks = expert_tokens_[e];
-    const int64_t m = static_cast<int64_t>(toks.size());
-    if (m == 0) continue;
-    float* xe = Scratch(kGathered, m * D);
-    for (int64_t i = 0; i < m; ++i) std::memcpy(xe + i * D, x + toks[i] * D, D * sizeof(float));
-    float* g = Scratch(kGate, m * I);
-    float* u = Scratch(kUp, m * I);
-    float* ye = Scratch(kExpertOut, m * D);
-    be.Linear(w.gate.At(e), xe, D, m, g, I);
-    be.Linear(w.up.At(e), xe, D, m, u, I);
-    be.SiluMul(g, u, g, m * I);
-    be.Linear(w.down.At(e), g, I, m, ye, D);
-    for (int64_t i = 0; i < m; ++i) {
-      const float wt = expert_weights_[e][i];
-      float* yt = y + toks[i] * D;
-      const float* src = ye + i * D;
+  const int64_t S = T * K;
+  float* xs = Scratch(kGathered, S * D);
+  float* g = Scratch(kGate, S * I);
+  float* u = Scratch(kUp, S * I);
+  float* ys = Scratch(kExpertOut, S * D);
+  const int64_t n_active = static_cast<int64_t>(active_experts_.size());
+#pragma omp parallel for schedule(static) if (S * D >= (1 << 16))
+  for (int64_t i = 0; i < S; ++i) std::memcpy(xs + i * D, x + slot_token_[i] * D, D * sizeof(float));
+  // Experts run concurrently, each on one thread (the kernels' own parallel regions nest inactive):
+  // one fork/join per layer instead of three per expert, and a thread that is descheduled holds
+  // up one expert rather than every matmul. With fewer experts than threads, the kernels split rows.
+  const bool across = n_active >= 2 * omp_get_max_threads();
+  auto run_expert = [&](int64_t i) {
+    const int32_t e = active_experts_[i];
+    const int64_t o = expert_offset_[e], m = expert_offset_[e + 1] - o;
+    be.Linear(w.gate.At(e), xs + o * D, D, m, g + o * I, I);
+    be.Linear(w.up.At(e), xs + o * D, D, m, u + o * I, I);
+    be.SiluMul(g + o * I, u + o * I, g + o * I, m * I);
+    be.Linear(w.down.At(e), g + o * I, I, m, ys + o * D, D);
+  };
+  if (across) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_active; ++i) run_expert(i);
+  } else {
+    for (int64_t i = 0; i < n_active; ++i) run_expert(i);
+  }
+  // y[t] += Σ_k weight[t, k] · expert output, in k order.
+#pragma omp parallel for schedule(static) if (S * D >= (1 << 16))
+  for (int64_t t = 0; t < T; ++t) {
+    float* yt = y + t * D;
+    for (int64_t k = 0; k < K; ++k) {
+      const float wt = route_weights_[t * K + k];
+      const float* src = ys + static_cast<int64_t>(slot_of_[t * K + k]) * D;
       for (int64_t d = 0; d < D; ++d) yt[d] += wt * src[d];
     }
   }

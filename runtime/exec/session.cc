@@ -21,9 +21,10 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   try {
     s->buffers_.resize(3);
     s->scratch_.resize(16);
-    s->expert_tokens_.resize(c.n_routed_experts);
     s->head_views_.resize(c.num_heads);
-    s->expert_weights_.resize(c.n_routed_experts);
+    s->expert_offset_.resize(c.n_routed_experts + 1);
+    s->expert_next_.resize(c.n_routed_experts);
+    s->active_experts_.reserve(c.n_routed_experts);
   } catch (const std::bad_alloc&) {
     return OutOfMemory("allocating session buffers");
   }

@@ -67,8 +67,11 @@ class Session {
   std::vector<std::vector<float>> scratch_;
   std::vector<int32_t> route_experts_;
   std::vector<float> route_weights_;
-  std::vector<std::vector<int32_t>> expert_tokens_;
-  std::vector<std::vector<float>> expert_weights_;
+  std::vector<int64_t> expert_offset_;   // [E + 1]: first slot of each expert
+  std::vector<int64_t> expert_next_;     // [E]: fill cursor while assigning slots
+  std::vector<int32_t> active_experts_;  // experts with at least one slot, largest first
+  std::vector<int32_t> slot_of_;         // [T * K]: slot of (token, k)
+  std::vector<int32_t> slot_token_;      // [T * K]: token of a slot
   std::vector<WeightView> head_views_;  // one per attention head, for LinearBatch
 };
 
