@@ -60,17 +60,7 @@ void LoadTileConfig() {
   _tile_loadconfig(&cfg);
 }
 
-struct Args {
-  const uint8_t* data;
-  const float* scale;
-  int64_t N, G, quads, panel_bytes;
-  const int8_t* xq;
-  int64_t xstride;
-  const float* xs;
-  const int32_t* xsum;
-  float* y;
-  int64_t ldy;
-};
+using Args = Int8Args;
 
 // The tile register file as a template: RB row blocks starting at rows[], PB panels from p.
 template <int RB, int PB>
@@ -208,19 +198,7 @@ void RowBlocks(const Args& a, int64_t M, int64_t p) {
 
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy) {
-  Args a;
-  a.data = static_cast<const uint8_t*>(w.data);
-  a.scale = w.scale;
-  a.N = w.rows;
-  a.G = CeilDiv(w.cols, kGroupCols);
-  a.quads = CeilDiv(w.cols, 4);
-  a.panel_bytes = a.quads * kQuadBytes;
-  a.xq = xq;
-  a.xstride = XqStride(w.cols);
-  a.xs = xs;
-  a.xsum = xsum;
-  a.y = y;
-  a.ldy = ldy;
+  const Args a = MakeInt8Args(w, xq, xs, xsum, y, ldy);
   const int64_t P = CeilDiv(a.N, kPanelRows);
 #pragma omp parallel if (M * P * kPanelRows * w.cols >= kMinParallelMacs)
   {

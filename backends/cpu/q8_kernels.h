@@ -87,6 +87,22 @@ enum class Int8Path { kAuto, kScalar, kVnni, kAmx };
 void LinearInt8On(Int8Path path, const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum,
                   int64_t M, float* y, int64_t ldy);
 
+// One LinearInt8 call as the SIMD kernels see it (a plain struct: no inline code crosses the files
+// built with different -m flags).
+struct Int8Args {
+  const uint8_t* data;  // panels
+  const float* scale;   // panel scales
+  int64_t N, K, G, quads, panel_bytes;
+  const int8_t* xq;
+  int64_t xstride;  // XqStride(K)
+  const float* xs;
+  const int32_t* xsum;
+  float* y;
+  int64_t ldy;
+};
+Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
+                      int64_t ldy);
+
 // The SIMD kernels, each in a file built with its own -m flags; call only when DetectSupport() has
 // said yes (LinearInt8 / LinearF32 / QuantizeActivations do that). K >= 1 and M >= 1; the AMX
 // kernel needs M >= amx::kMinRows.

@@ -64,6 +64,25 @@ ActivationBuffers CarveActivations(void* scratch, int64_t M, int64_t K) {
   return b;
 }
 
+Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
+                      int64_t ldy) {
+  Int8Args a;
+  a.data = static_cast<const uint8_t*>(w.data);
+  a.scale = w.scale;
+  a.N = w.rows;
+  a.K = w.cols;
+  a.G = Groups(w.cols);
+  a.quads = Quads(w.cols);
+  a.panel_bytes = PanelBytes(w.cols);
+  a.xq = xq;
+  a.xstride = XqStride(w.cols);
+  a.xs = xs;
+  a.xsum = xsum;
+  a.y = y;
+  a.ldy = ldy;
+  return a;
+}
+
 void QuantizeActivationsScalar(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs,
                                int32_t* xsum) {
   const int64_t G = Groups(K), stride = XqStride(K);

@@ -31,17 +31,7 @@ inline __mmask16 TailMask16(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
-struct Args {
-  const uint8_t* data;
-  const float* scale;
-  int64_t N, K, G, panel_bytes, quads;
-  const int8_t* xq;
-  int64_t xstride;
-  const float* xs;
-  const int32_t* xsum;
-  float* y;
-  int64_t ldy;
-};
+using Args = Int8Args;
 
 // Activation rows m0..m0+MR against panels p..p+PT.
 template <int MR, int PT>
@@ -123,20 +113,7 @@ void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
 
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy) {
-  Args a;
-  a.data = static_cast<const uint8_t*>(w.data);
-  a.scale = w.scale;
-  a.N = w.rows;
-  a.K = w.cols;
-  a.G = CeilDiv(a.K, kGroupCols);
-  a.quads = CeilDiv(a.K, 4);
-  a.panel_bytes = a.quads * kQuadBytes;
-  a.xq = xq;
-  a.xstride = XqStride(a.K);
-  a.xs = xs;
-  a.xsum = xsum;
-  a.y = y;
-  a.ldy = ldy;
+  const Args a = MakeInt8Args(w, xq, xs, xsum, y, ldy);
   const int64_t P = CeilDiv(a.N, kPanelRows);
 #pragma omp parallel if (P * a.panel_bytes >= kMinParallelBytes)
   {
