@@ -165,7 +165,8 @@ class Bench {
       const double p0 = Now();
       bool ok = Decode(s, ids.data(), static_cast<uint32_t>(o_.prompt), nullptr);
       prefill_tps.push_back(o_.prompt / (Now() - p0));
-      if (probe > 0) prefill_fraction.push_back(prefill_tps.back() * 2.0 * static_cast<double>(work.matmul_params) / probe);
+      if (probe > 0)
+        prefill_fraction.push_back(prefill_tps.back() * 2.0 * static_cast<double>(work.matmul_params) / probe);
       for (size_t bi = 0; ok && bi < o_.batches.size(); ++bi) {
         const int B = o_.batches[bi];
         moerun_session_clear(s);

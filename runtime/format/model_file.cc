@@ -222,7 +222,8 @@ Status ModelFile::Verify(const VerifyOptions& options) {
       info.shape.push_back(d);
     }
     uint64_t bytes;
-    if (info.dtype == DType::kQ8Panel && info.shape.size() < 2) return CorruptFile(label + ": q8_panel tensor must have rank >= 2");
+    if (info.dtype == DType::kQ8Panel && info.shape.size() < 2)
+      return CorruptFile(label + ": q8_panel tensor must have rank >= 2");
     if (!StorageBytes(info.dtype, info.shape, &bytes)) return CorruptFile(label + ": byte size overflows");
     if (t->size() != bytes)
       return CorruptFile(label + ": size " + std::to_string(t->size()) + " does not match shape and dtype (" +
