@@ -2,7 +2,8 @@
 # Installs the Debian packages moerun needs to build and test. Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libdnnl-dev libflatbuffers-dev flatbuffers-compiler
-      libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libomp-dev ccache)
+      libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libomp-dev ccache
+      clang libclang-rt-dev)  # clang + its sanitizer and libFuzzer runtimes: scripts/fuzz.sh
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,4 +1,6 @@
 // The CPU backend's factory and its view of the machine.
+#include <cpuid.h>
+
 #include <new>
 
 #include "backends/cpu/cpu_backend.h"
@@ -13,8 +15,11 @@ CpuFeatures CpuFeatures::Detect() {
   // The own kernels use AVX-512 F/BW/VL for loads, masks and byte compares, F16C-class conversions
   // (part of AVX-512 F for zmm) and FMA. AVX512_BF16 is not needed: products of bf16 values are exact
   // in f32, so widened FMAs give the same numbers as vdpbf16ps (oneDNN uses it on its own).
+  // clang < 15 rejects "f16c" in __builtin_cpu_supports (the fuzz build uses clang 14): ask CPUID.
+  unsigned eax, ebx, ecx, edx;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
   f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && f16c;
   f.onednn = true;
   return f;
 }

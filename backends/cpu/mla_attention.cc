@@ -25,12 +25,12 @@ namespace {
 
 // 64 cache rows of 576 floats = 147 KiB: an L2-resident block reused by every head of the group.
 constexpr int64_t kKeyBlock = 64;
-constexpr int kHeadTile = 4;
-constexpr int kKeyTile = 4;
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;  // multiply-adds
 // Decode splits a token's keys into spans of at least this many keys, and at most kMaxSpans spans.
 constexpr int64_t kMinKeysPerSpan = 256;
 constexpr int64_t kMaxSpans = 16;
+// How many keys ahead the accumulation prefetches the rows' slices.
+constexpr int64_t kPrefetchKeys = 6;
 
 inline __mmask16 TailMask(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
@@ -40,65 +40,123 @@ inline __mmask16 TailMask(int64_t n) {
 // row of every key. On the heap, so long contexts cannot overflow a thread's stack.
 struct Scratch {
   std::vector<float> q;             // [heads, W]: q_latent then q_rope, matching a cache row
-  std::vector<float> scores;        // [heads, n]: scores, then unnormalised probabilities
+  std::vector<float> qt;            // AVX-512: [ceil(heads / 16), W, 16], q transposed per head group
+  std::vector<float> scores;        // [heads, n] (scalar) or [kKeyBlock, 16] (AVX-512): scores, then
+                                    // unnormalised probabilities
   std::vector<const float*> rows;   // [n]
 };
 
-// s[h, j] = scale · q[h] · k[j] for NH heads × NK keys, W-long dot products.
-template <int NH, int NK>
-__attribute__((target("avx512f,fma"))) void DotTile(const float* q, int64_t W, const float* const* k, float scale,
-                                                     float* s, int64_t lds) {
-  __m512 acc[NH][NK];
-#pragma GCC unroll 4
-  for (int h = 0; h < NH; ++h)
-#pragma GCC unroll 4
-    for (int j = 0; j < NK; ++j) acc[h][j] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < W; c += 16) {
-    const __mmask16 m = TailMask(W - c);
-    __m512 kv[NK];
-#pragma GCC unroll 4
-    for (int j = 0; j < NK; ++j) kv[j] = _mm512_maskz_loadu_ps(m, k[j] + c);
-#pragma GCC unroll 4
-    for (int h = 0; h < NH; ++h) {
-      const __m512 qv = _mm512_maskz_loadu_ps(m, q + h * W + c);
-#pragma GCC unroll 4
-      for (int j = 0; j < NK; ++j) acc[h][j] = _mm512_fmadd_ps(qv, kv[j], acc[h][j]);
+// Scores of NK keys for a group of up to 16 heads, one zmm per key (lane = head): the heads' queries
+// are stored transposed, qt[c] = q[0..15][c], so each key element is broadcast into one FMA that
+// serves all the heads at once, and no horizontal reductions are needed. Two accumulators per key
+// hide the FMA latency. Over the columns [c0, c1) only: st[j] = (first ? 0 : st[j]) + qt · k[j].
+template <int NK>
+__attribute__((target("avx512f,fma"))) void ScoreTile(const float* qt, int64_t c0, int64_t c1, const float* const* k,
+                                                       bool first, float* st) {
+  __m512 a0[NK], a1[NK];
+  const float* kp[NK];
+#pragma GCC unroll 8
+  for (int j = 0; j < NK; ++j) {
+    a0[j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(st + j * 16);
+    a1[j] = _mm512_setzero_ps();
+    kp[j] = k[j];
+  }
+  int64_t c = c0;
+  for (; c + 2 <= c1; c += 2) {
+    const __m512 q0 = _mm512_loadu_ps(qt + c * 16), q1 = _mm512_loadu_ps(qt + c * 16 + 16);
+#pragma GCC unroll 8
+    for (int j = 0; j < NK; ++j) a0[j] = _mm512_fmadd_ps(q0, _mm512_set1_ps(kp[j][c]), a0[j]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NK; ++j) a1[j] = _mm512_fmadd_ps(q1, _mm512_set1_ps(kp[j][c + 1]), a1[j]);
+  }
+  if (c < c1) {
+    const __m512 q0 = _mm512_loadu_ps(qt + c * 16);
+#pragma GCC unroll 8
+    for (int j = 0; j < NK; ++j) a0[j] = _mm512_fmadd_ps(q0, _mm512_set1_ps(kp[j][c]), a0[j]);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NK; ++j) _mm512_storeu_ps(st + j * 16, _mm512_add_ps(a0[j], a1[j]));
+}
+
+// ScoreTile for NK consecutive rows kS floats apart (rows of one page): one pointer with constant
+// offsets, so that the broadcast operands need no index register and the FMAs stay micro-fused.
+template <int NK, int kS>
+__attribute__((target("avx512f,fma"))) void ScoreTileRows(const float* qt, int64_t c0, int64_t c1, const float* k,
+                                                           bool first, float* st) {
+  __m512 a0[NK], a1[NK];
+#pragma GCC unroll 8
+  for (int j = 0; j < NK; ++j) {
+    a0[j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(st + j * 16);
+    a1[j] = _mm512_setzero_ps();
+  }
+  const float* kc = k + c0;
+  const float* qc = qt + c0 * 16;
+  for (int64_t n = (c1 - c0) / 2; n > 0; --n, kc += 2, qc += 32) {
+    const __m512 q0 = _mm512_loadu_ps(qc), q1 = _mm512_loadu_ps(qc + 16);
+#pragma GCC unroll 8
+    for (int j = 0; j < NK; ++j) a0[j] = _mm512_fmadd_ps(q0, _mm512_set1_ps(kc[j * kS]), a0[j]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NK; ++j) a1[j] = _mm512_fmadd_ps(q1, _mm512_set1_ps(kc[j * kS + 1]), a1[j]);
+  }
+  if ((c1 - c0) & 1) {
+    const __m512 q0 = _mm512_loadu_ps(qc);
+#pragma GCC unroll 8
+    for (int j = 0; j < NK; ++j) a0[j] = _mm512_fmadd_ps(q0, _mm512_set1_ps(kc[j * kS]), a0[j]);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NK; ++j) _mm512_storeu_ps(st + j * 16, _mm512_add_ps(a0[j], a1[j]));
+}
+
+constexpr int kScoreKeys = 8;
+// Columns of the cache rows per pass of the score tiles over a key block: the matching 12 KiB of
+// the transposed queries stay in L1 while the block's keys stream past them.
+constexpr int64_t kScoreColumns = 192;
+
+__attribute__((target("avx512f,fma"))) void ScoreTileK(int nk, const float* qt, int64_t W, int64_t c0, int64_t c1,
+                                                        const float* const* k, bool first, float* st) {
+  // DeepSeek's cache rows (512 latents + 64 rope dims), keys of one page: the fast form.
+  if (nk == kScoreKeys && W == 576) {
+    bool contiguous = true;
+    for (int j = 1; j < kScoreKeys; ++j) contiguous &= k[j] == k[0] + j * 576;
+    if (contiguous) {
+      ScoreTileRows<kScoreKeys, 576>(qt, c0, c1, k[0], first, st);
+      return;
     }
   }
-#pragma GCC unroll 4
-  for (int h = 0; h < NH; ++h)
-#pragma GCC unroll 4
-    for (int j = 0; j < NK; ++j) s[h * lds + j] = scale * _mm512_reduce_add_ps(acc[h][j]);
-}
-
-template <int NH>
-__attribute__((target("avx512f,fma"))) void DotTileK(int nk, const float* q, int64_t W, const float* const* k,
-                                                      float scale, float* s, int64_t lds) {
   switch (nk) {
-    case 1: DotTile<NH, 1>(q, W, k, scale, s, lds); break;
-    case 2: DotTile<NH, 2>(q, W, k, scale, s, lds); break;
-    case 3: DotTile<NH, 3>(q, W, k, scale, s, lds); break;
-    default: DotTile<NH, kKeyTile>(q, W, k, scale, s, lds); break;
+    case 1: ScoreTile<1>(qt, c0, c1, k, first, st); break;
+    case 2: ScoreTile<2>(qt, c0, c1, k, first, st); break;
+    case 3: ScoreTile<3>(qt, c0, c1, k, first, st); break;
+    case 4: ScoreTile<4>(qt, c0, c1, k, first, st); break;
+    case 5: ScoreTile<5>(qt, c0, c1, k, first, st); break;
+    case 6: ScoreTile<6>(qt, c0, c1, k, first, st); break;
+    case 7: ScoreTile<7>(qt, c0, c1, k, first, st); break;
+    default: ScoreTile<kScoreKeys>(qt, c0, c1, k, first, st); break;
   }
 }
 
-// out[h, i0 : i0 + 16·NV] += Σ_{j0 <= j < j1} p[h, j] · ĉ_j[i0 : ...] for NH heads.
-template <int NH, int NV>
-__attribute__((target("avx512f,fma"))) void AccumulateTile(const float* p, int64_t ldp, int64_t j0, int64_t j1,
-                                                            const float* const* rows, int64_t i0, __mmask16 m,
-                                                            float* out, int64_t R) {
+// out[h, i0 : i0 + 16·NV] += Σ_{0 <= j < nj} p[j·16 + h] · ĉ_j[i0 : ...] for NH heads. The first tile
+// of a slice (kPrefetch) brings the slice of the rows a few keys ahead from L2 into L1 for the others.
+template <int NH, int NV, bool kPrefetch>
+__attribute__((target("avx512f,fma"))) void AccumulateTile(const float* p, int64_t nj, const float* const* rows,
+                                                            int64_t i0, __mmask16 m, float* out, int64_t R) {
   __m512 acc[NH][NV];
 #pragma GCC unroll 4
   for (int h = 0; h < NH; ++h)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[h][v] = _mm512_maskz_loadu_ps(m, out + h * R + i0 + 16 * v);
-  for (int64_t j = j0; j < j1; ++j) {
+  for (int64_t j = 0; j < nj; ++j) {
     __m512 cv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) cv[v] = _mm512_maskz_loadu_ps(m, rows[j] + i0 + 16 * v);
+    if (kPrefetch && j + kPrefetchKeys < nj) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchKeys] + i0 + 16 * v), _MM_HINT_T0);
+    }
 #pragma GCC unroll 4
     for (int h = 0; h < NH; ++h) {
-      const __m512 pb = _mm512_set1_ps(p[h * ldp + j]);
+      const __m512 pb = _mm512_set1_ps(p[j * 16 + h]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[h][v] = _mm512_fmadd_ps(pb, cv[v], acc[h][v]);
     }
@@ -109,12 +167,22 @@ __attribute__((target("avx512f,fma"))) void AccumulateTile(const float* p, int64
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(out + h * R + i0 + 16 * v, m, acc[h][v]);
 }
 
-template <int NH>
-__attribute__((target("avx512f,fma"))) void AccumulateHeads(const float* p, int64_t ldp, int64_t j0, int64_t j1,
-                                                             const float* const* rows, float* out, int64_t R) {
-  int64_t i0 = 0;
-  for (; i0 + 64 <= R; i0 += 64) AccumulateTile<NH, 4>(p, ldp, j0, j1, rows, i0, 0xffff, out, R);
-  for (; i0 < R; i0 += 16) AccumulateTile<NH, 1>(p, ldp, j0, j1, rows, i0, TailMask(R - i0), out, R);
+template <int NV>
+__attribute__((target("avx512f,fma"))) void AccumulateSlice(int nh, bool prefetch, const float* p, int64_t nj,
+                                                             const float* const* rows, int64_t i0, __mmask16 m,
+                                                             float* out, int64_t R) {
+  switch (nh) {
+    case 1: AccumulateTile<1, NV, false>(p, nj, rows, i0, m, out, R); break;
+    case 2: AccumulateTile<2, NV, false>(p, nj, rows, i0, m, out, R); break;
+    case 3: AccumulateTile<3, NV, false>(p, nj, rows, i0, m, out, R); break;
+    default:
+      if (prefetch) {
+        AccumulateTile<4, NV, true>(p, nj, rows, i0, m, out, R);
+      } else {
+        AccumulateTile<4, NV, false>(p, nj, rows, i0, m, out, R);
+      }
+      break;
+  }
 }
 
 // Where AttendKeys leaves its result for one span of keys: out[h] = Σ_j e^(s_hj - max_h) ĉ_j, not yet
@@ -125,59 +193,75 @@ struct Partial {
   float* sum;  // [heads]
 };
 
-// Scores → exp(s - max) in place.
-__attribute__((target("avx512f,fma"))) void SoftmaxAvx512(float* s, int64_t n, float* max, float* sum) {
-  __m512 mx = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 m = TailMask(n - j);
-    mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, s + j));
-  }
-  *max = _mm512_reduce_max_ps(mx);
-  const __m512 vmax = _mm512_set1_ps(*max);
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 m = TailMask(n - j);
-    const __m512 e = ExpAvx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), vmax));
-    _mm512_mask_storeu_ps(s + j, m, e);
-    acc = _mm512_mask_add_ps(acc, m, acc, e);
-  }
-  *sum = _mm512_reduce_add_ps(acc);
-}
-
-// Two passes over the n keys in sc.rows, each in L2-sized blocks shared by all heads: scores for
-// every head, then the probability-weighted latents.
+// One pass over the n keys in sc.rows, in L2-sized blocks shared by all heads, with an online
+// softmax: per block and group of 16 heads, the scores, then the running max (rescaling what was
+// accumulated when it grows), then the probability-weighted latents while the block is still hot.
+// sc.qt holds the queries transposed per head group: [groups, W, 16], zero past the last head.
 __attribute__((target("avx512f,fma"))) void AttendAvx512(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W,
                                                           float scale, const Partial& p) {
-  float* scores = sc.scores.data();
+  float* st = sc.scores.data();  // [kKeyBlock, 16]
   const float* const* rows = sc.rows.data();
-  const float* q = sc.q.data();
+  const __m512 vscale = _mm512_set1_ps(scale);
+  std::memset(p.out, 0, static_cast<size_t>(H * R) * sizeof(float));
+  for (int64_t g0 = 0; g0 < H; g0 += 16) {
+    const __mmask16 mh = TailMask(H - g0);
+    _mm512_mask_storeu_ps(p.max + g0, mh, _mm512_set1_ps(-INFINITY));
+    _mm512_mask_storeu_ps(p.sum + g0, mh, _mm512_setzero_ps());
+  }
   for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
-    const int64_t j1 = std::min(n, j0 + kKeyBlock);
-    for (int64_t h = 0; h < H; h += kHeadTile) {
-      const int th = static_cast<int>(std::min<int64_t>(kHeadTile, H - h));
-      for (int64_t j = j0; j < j1; j += kKeyTile) {
-        const int tk = static_cast<int>(std::min<int64_t>(kKeyTile, j1 - j));
-        float* s = scores + h * n + j;
-        switch (th) {
-          case 1: DotTileK<1>(tk, q + h * W, W, rows + j, scale, s, n); break;
-          case 2: DotTileK<2>(tk, q + h * W, W, rows + j, scale, s, n); break;
-          case 3: DotTileK<3>(tk, q + h * W, W, rows + j, scale, s, n); break;
-          default: DotTileK<kHeadTile>(tk, q + h * W, W, rows + j, scale, s, n); break;
+    const int64_t nb = std::min(n - j0, kKeyBlock);
+    for (int64_t g0 = 0; g0 < H; g0 += 16) {
+      const int gh = static_cast<int>(std::min<int64_t>(16, H - g0));
+      const __mmask16 mh = TailMask(gh);
+      const float* qt = sc.qt.data() + (g0 / 16) * W * 16;
+      for (int64_t c0 = 0; c0 < W; c0 += kScoreColumns)
+        for (int64_t j = 0; j < nb; j += kScoreKeys)
+          ScoreTileK(static_cast<int>(std::min<int64_t>(kScoreKeys, nb - j)), qt, W, c0,
+                     std::min(W, c0 + kScoreColumns), rows + j0 + j, c0 == 0, st + j * 16);
+      __m512 bmax = _mm512_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < nb; ++j) {
+        const __m512 sj = _mm512_mul_ps(vscale, _mm512_loadu_ps(st + j * 16));
+        _mm512_storeu_ps(st + j * 16, sj);
+        bmax = _mm512_max_ps(bmax, sj);
+      }
+      const __m512 old_max = _mm512_maskz_loadu_ps(mh, p.max + g0);
+      const __m512 new_max = _mm512_max_ps(old_max, bmax);
+      __m512 sum = _mm512_maskz_loadu_ps(mh, p.sum + g0);
+      if (j0 > 0) {
+        const __mmask16 grew = _mm512_mask_cmp_ps_mask(mh, new_max, old_max, _CMP_GT_OQ);
+        if (grew) {
+          alignas(64) float alpha[16];
+          const __m512 a = ExpAvx512(_mm512_sub_ps(old_max, new_max));
+          _mm512_store_ps(alpha, a);
+          sum = _mm512_mul_ps(sum, a);
+          for (int h = 0; h < gh; ++h) {
+            if (!((grew >> h) & 1)) continue;
+            const __m512 ab = _mm512_set1_ps(alpha[h]);
+            float* o = p.out + (g0 + h) * R;
+            for (int64_t i = 0; i < R; i += 16) {
+              const __mmask16 m = TailMask(R - i);
+              _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(ab, _mm512_maskz_loadu_ps(m, o + i)));
+            }
+          }
         }
       }
-    }
-  }
-  for (int64_t h = 0; h < H; ++h) SoftmaxAvx512(scores + h * n, n, p.max + h, p.sum + h);
-  std::memset(p.out, 0, static_cast<size_t>(H * R) * sizeof(float));
-  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
-    const int64_t j1 = std::min(n, j0 + kKeyBlock);
-    for (int64_t h = 0; h < H; h += kHeadTile) {
-      switch (std::min<int64_t>(kHeadTile, H - h)) {
-        case 1: AccumulateHeads<1>(scores + h * n, n, j0, j1, rows, p.out + h * R, R); break;
-        case 2: AccumulateHeads<2>(scores + h * n, n, j0, j1, rows, p.out + h * R, R); break;
-        case 3: AccumulateHeads<3>(scores + h * n, n, j0, j1, rows, p.out + h * R, R); break;
-        default: AccumulateHeads<kHeadTile>(scores + h * n, n, j0, j1, rows, p.out + h * R, R); break;
+      for (int64_t j = 0; j < nb; ++j) {
+        const __m512 e = ExpAvx512(_mm512_sub_ps(_mm512_loadu_ps(st + j * 16), new_max));
+        _mm512_storeu_ps(st + j * 16, e);
+        sum = _mm512_add_ps(sum, e);
       }
+      _mm512_mask_storeu_ps(p.max + g0, mh, new_max);
+      _mm512_mask_storeu_ps(p.sum + g0, mh, sum);
+      // Slices of 64 latents outer, so that a slice of the block stays in L1 across the heads.
+      float* out = p.out + g0 * R;
+      int64_t i0 = 0;
+      for (; i0 + 64 <= R; i0 += 64)
+        for (int h = 0; h < gh; h += 4)
+          AccumulateSlice<4>(std::min(4, gh - h), h == 0, st + h, nb, rows + j0, i0, 0xffff, out + h * R, R);
+      for (; i0 < R; i0 += 16)
+        for (int h = 0; h < gh; h += 4)
+          AccumulateSlice<1>(std::min(4, gh - h), false, st + h, nb, rows + j0, i0, TailMask(R - i0), out + h * R,
+                             R);
     }
   }
 }
@@ -210,6 +294,24 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
   }
 }
 
+// qt[g, c, h % 16] = (c < R ? q_latent[h, c] : q_rope[h, c - R]) for the heads h of group g,
+// zero past the last head.
+__attribute__((target("avx512f,fma"))) void TransposeQueries(const float* ql, const float* qr, int64_t H, int64_t R,
+                                                              int64_t P, float* qt) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i idx_l = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(R)));
+  const __m512i idx_r = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(P)));
+  for (int64_t g0 = 0; g0 < H; g0 += 16) {
+    const __mmask16 m = TailMask(H - g0);
+    const float* l = ql + g0 * R;
+    for (int64_t c = 0; c < R; ++c, qt += 16)
+      _mm512_storeu_ps(qt, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx_l, l + c, 4));
+    const float* r = qr + g0 * P;
+    for (int64_t c = 0; c < P; ++c, qt += 16)
+      _mm512_storeu_ps(qt, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx_r, r + c, 4));
+  }
+}
+
 std::atomic<int> g_log_budget{20};
 
 // Keys [j0, j1) of token t, all heads. False when scratch could not be allocated (logged).
@@ -223,8 +325,13 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bo
   }
   thread_local Scratch sc;
   try {
-    sc.q.resize(static_cast<size_t>(H * W));
-    if (sc.scores.size() < static_cast<size_t>(H * n)) sc.scores.resize(static_cast<size_t>(H * n));
+    const size_t n_scores = static_cast<size_t>(avx ? kKeyBlock * 16 : H * n);
+    if (avx) {
+      sc.qt.resize(static_cast<size_t>((H + 15) / 16 * W * 16));
+    } else {
+      sc.q.resize(static_cast<size_t>(H * W));
+    }
+    if (sc.scores.size() < n_scores) sc.scores.resize(n_scores);
     if (sc.rows.size() < static_cast<size_t>(n)) sc.rows.resize(static_cast<size_t>(n));
   } catch (const std::exception&) {
     if (g_log_budget.fetch_sub(1) > 0)
@@ -233,13 +340,14 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bo
   }
   const int32_t* pages = a.token_pages[t];
   for (int64_t j = 0; j < n; ++j) sc.rows[j] = a.cache.Row(pages, j0 + j);
-  for (int64_t h = 0; h < H; ++h) {
-    std::memcpy(sc.q.data() + h * W, a.q_latent + (t * H + h) * R, static_cast<size_t>(R) * sizeof(float));
-    std::memcpy(sc.q.data() + h * W + R, a.q_rope + (t * H + h) * P, static_cast<size_t>(P) * sizeof(float));
-  }
   if (avx) {
+    TransposeQueries(a.q_latent + t * H * R, a.q_rope + t * H * P, H, R, P, sc.qt.data());
     AttendAvx512(sc, H, n, R, W, a.scale, p);
   } else {
+    for (int64_t h = 0; h < H; ++h) {
+      std::memcpy(sc.q.data() + h * W, a.q_latent + (t * H + h) * R, static_cast<size_t>(R) * sizeof(float));
+      std::memcpy(sc.q.data() + h * W + R, a.q_rope + (t * H + h) * P, static_cast<size_t>(P) * sizeof(float));
+    }
     AttendScalar(sc, H, n, R, W, a.scale, p);
   }
   return true;

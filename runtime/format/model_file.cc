@@ -213,6 +213,10 @@ Status ModelFile::Verify(const VerifyOptions& options) {
       return CorruptFile(label + ": unknown dtype " + std::to_string(static_cast<int>(t->dtype())));
     info.dtype = static_cast<DType>(t->dtype());
     const auto* shape = t->shape();
+    // FlatBuffers 2.0's verifier checks only the 4-byte length of a vector, not the alignment of its
+    // 8-byte elements, and reading a misaligned uint64 is undefined behaviour.
+    if (reinterpret_cast<uintptr_t>(shape->data()) % alignof(uint64_t) != 0)
+      return CorruptFile(label + ": shape vector is misaligned");
     if (shape->size() == 0 || shape->size() > kMaxRank)
       return CorruptFile(label + ": rank " + std::to_string(shape->size()) + " is not in [1, 4]");
     uint64_t numel = 1;

@@ -49,6 +49,17 @@ ModelConfig TinyConfig(const TinyModelOptions& o) {
   c.max_position_embeddings = 256;
   c.bos_token_id = 0;
   c.eos_token_id = 1;
+  if (o.minimal) {
+    c.vocab_size = 16;
+    c.hidden_size = 32;
+    c.intermediate_size = 32;
+    c.moe_intermediate_size = 16;
+    c.q_lora_rank = o.q_lora ? 16 : 0;
+    c.kv_lora_rank = 16;
+    c.qk_nope_head_dim = 8;
+    c.qk_rope_head_dim = 8;
+    c.v_head_dim = 8;
+  }
   return c;
 }
 

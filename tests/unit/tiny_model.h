@@ -15,6 +15,7 @@ struct TinyModelOptions {
   DType linear_dtype = DType::kBF16;  // kF8E4M3 writes 128x128 block scales
   bool q_lora = true;
   uint32_t seed = 1;
+  bool minimal = false;  // smallest dims that still exercise every op: fuzz seeds stay a few KB
 };
 
 ModelConfig TinyConfig(const TinyModelOptions& o);
