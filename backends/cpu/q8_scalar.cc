@@ -92,52 +92,56 @@ void QuantizeActivationsScalar(const float* x, int64_t ldx, int64_t M, int64_t K
   }
 }
 
-void LinearInt8Scalar(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M,
-                      float* y, int64_t ldy) {
-  const int64_t N = w.rows, K = w.cols, G = Groups(K), stride = XqStride(K), panel_bytes = PanelBytes(K);
-  const auto* data = static_cast<const uint8_t*>(w.data);
-#pragma omp parallel for schedule(static) if (N * K >= kMinParallelBytes)
-  for (int64_t r = 0; r < N; ++r) {
-    // Row r's bytes: one 4-byte run per quad of its panel.
-    const uint8_t* row = data + (r / kPanelRows) * panel_bytes + (r % kPanelRows) * kQuadCols;
-    const float* sw = w.scale + (r / kPanelRows) * G * kPanelRows + r % kPanelRows;
-    for (int64_t m = 0; m < M; ++m) {
-      const int8_t* xm = xq + m * stride;
-      float acc = 0.0f;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t c0 = g * kGroupCols, c1 = std::min(K, c0 + kGroupCols);
-        // Offset-binary bytes times q, less 128·Σq: the same exact integer the SIMD kernels form.
-        int32_t isum = -128 * xsum[m * G + g];
-        for (int64_t c = c0; c < c1; ++c)
-          isum += static_cast<int32_t>(row[(c / kQuadCols) * kQuadBytes + c % kQuadCols]) * xm[c];
-        acc = std::fma(static_cast<float>(isum), sw[g * kPanelRows] * xs[m * G + g], acc);
-      }
-      y[m * ldy + r] = acc;
-    }
-  }
-}
+namespace {
 
-void LinearF32Scalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+// The portable kernels' shared walk: for every weight row r (in parallel) and activation row m,
+// y[m, r] = Σ_g group_dot(row bytes, scales of r, m, g, c0, c1) accumulated as each kernel defines.
+// Row r's bytes are one 4-byte run per quad of its panel: column c is at row[Offset(c)].
+inline int64_t Offset(int64_t c) { return (c / kQuadCols) * kQuadBytes + c % kQuadCols; }
+
+template <typename RowFn>
+void ForEachRow(const WeightView& w, int64_t M, float* y, int64_t ldy, RowFn&& fn) {
   const int64_t N = w.rows, K = w.cols, G = Groups(K), panel_bytes = PanelBytes(K);
   const auto* data = static_cast<const uint8_t*>(w.data);
 #pragma omp parallel for schedule(static) if (N * K >= kMinParallelBytes)
   for (int64_t r = 0; r < N; ++r) {
     const uint8_t* row = data + (r / kPanelRows) * panel_bytes + (r % kPanelRows) * kQuadCols;
-    const float* sw = w.scale + (r / kPanelRows) * G * kPanelRows + r % kPanelRows;
-    for (int64_t m = 0; m < M; ++m) {
-      const float* xm = x + m * ldx;
-      float acc = 0.0f;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t c0 = g * kGroupCols, c1 = std::min(K, c0 + kGroupCols);
-        float dot = 0.0f;
-        for (int64_t c = c0; c < c1; ++c)
-          dot += static_cast<float>(static_cast<int32_t>(row[(c / kQuadCols) * kQuadBytes + c % kQuadCols]) - 128) *
-                 xm[c];
-        acc += dot * sw[g * kPanelRows];
-      }
-      y[m * ldy + r] = acc;
-    }
+    const float* sw = w.scale + (r / kPanelRows) * G * kPanelRows + r % kPanelRows;  // group g at g·16
+    for (int64_t m = 0; m < M; ++m) y[m * ldy + r] = fn(row, sw, m, G, K);
   }
+}
+
+}  // namespace
+
+void LinearInt8Scalar(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M,
+                      float* y, int64_t ldy) {
+  const int64_t stride = XqStride(w.cols);
+  ForEachRow(w, M, y, ldy, [&](const uint8_t* row, const float* sw, int64_t m, int64_t G, int64_t K) {
+    const int8_t* xm = xq + m * stride;
+    float acc = 0.0f;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t c0 = g * kGroupCols, c1 = std::min(K, c0 + kGroupCols);
+      // Offset-binary bytes times q, less 128·Σq: the same exact integer the SIMD kernels form.
+      int32_t isum = -128 * xsum[m * G + g];
+      for (int64_t c = c0; c < c1; ++c) isum += static_cast<int32_t>(row[Offset(c)]) * xm[c];
+      acc = std::fma(static_cast<float>(isum), sw[g * kPanelRows] * xs[m * G + g], acc);
+    }
+    return acc;
+  });
+}
+
+void LinearF32Scalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {
+  ForEachRow(w, M, y, ldy, [&](const uint8_t* row, const float* sw, int64_t m, int64_t G, int64_t K) {
+    const float* xm = x + m * ldx;
+    float acc = 0.0f;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t c0 = g * kGroupCols, c1 = std::min(K, c0 + kGroupCols);
+      float dot = 0.0f;
+      for (int64_t c = c0; c < c1; ++c) dot += static_cast<float>(static_cast<int32_t>(row[Offset(c)]) - 128) * xm[c];
+      acc += dot * sw[g * kPanelRows];
+    }
+    return acc;
+  });
 }
 
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
