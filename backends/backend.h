@@ -1,6 +1,8 @@
 // Backend: a device kind that runs the model's ops. A backend never reads the file: the runtime hands
 // it weight views into the mapping. Ops are const and may be called concurrently from different
-// sessions; everything per-call lives on the caller's side.
+// sessions; everything per-call lives on the caller's side. An op that cannot allocate its scratch
+// throws std::bad_alloc (never from inside its own parallel regions) and leaves its output
+// unspecified; the session reports MOERUN_ERR_OUT_OF_MEMORY and a retry computes the same numbers.
 #pragma once
 
 #include <cstdint>

@@ -304,7 +304,11 @@ Status ParseRouting(const Keys& k, const Defaults& d, ModelConfig* c) {
 namespace {
 
 Result<HfConfig> ParseImpl(const std::string& json_text, const std::string& path) {
-  MOERUN_ASSIGN_OR_RETURN(json j, ParseJsonStrict(json_text, "'" + path + "'"));
+  // Used in place (not moved out) so that the releaser empties the only copy of the document.
+  Result<json> parsed = ParseJsonStrict(json_text, "'" + path + "'");
+  if (!parsed.ok()) return parsed.status();
+  json& j = parsed.value();
+  const JsonReleaser release_j(j);
   if (!j.is_object()) return CorruptFile("'" + path + "': config is a JSON " + JsonTypeName(j) + ", expected an object");
   const Keys k(j, "'" + path + "'");
   HfConfig out;
@@ -384,6 +388,8 @@ Result<HfConfig> ParseImpl(const std::string& json_text, const std::string& path
 Result<HfConfig> ParseHfConfigFull(const std::string& json_text, const std::string& path) {
   try {
     return ParseImpl(json_text, path);
+  } catch (const std::bad_alloc&) {
+    return OutOfMemory("'" + path + "': out of memory while reading the config");
   } catch (const std::exception& e) {  // defensive: typed accessors check before every get<>()
     return InvalidArgument("'" + path + "': " + e.what());
   }

@@ -86,6 +86,18 @@ Result<nlohmann::json> ParseJsonStrict(std::string_view text, const std::string&
   }
 }
 
+void JsonReleaser::Drain(nlohmann::json& j) noexcept {
+  if (j.is_array()) {
+    auto& a = j.get_ref<nlohmann::json::array_t&>();
+    for (nlohmann::json& child : a) Drain(child);
+    a.clear();  // every child is now a scalar or empty: destroying it allocates nothing
+  } else if (j.is_object()) {
+    auto& o = j.get_ref<nlohmann::json::object_t&>();
+    for (auto& entry : o) Drain(entry.second);
+    o.clear();
+  }
+}
+
 Result<std::string> ReadTextFile(const std::string& path, uint64_t max_bytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return IoError("cannot open '" + path + "': " + std::strerror(errno));

@@ -15,6 +15,22 @@ namespace moerun::convert {
 // Errors: kCorruptFile for syntax errors, duplicate keys (in any object) and nesting deeper than 64.
 Result<nlohmann::json> ParseJsonStrict(std::string_view text, const std::string& what);
 
+// nlohmann::json's destructor moves the children of a non-empty array or object onto a heap-allocated
+// stack, and a failed allocation there terminates the process (destructors are noexcept). Declared
+// right after a parsed document, this empties it from the leaves up when it goes out of scope, which
+// needs no allocation (ParseJsonStrict caps the nesting, so the recursion is bounded).
+class JsonReleaser {
+ public:
+  explicit JsonReleaser(nlohmann::json& document) : document_(document) {}
+  ~JsonReleaser() { Drain(document_); }
+  JsonReleaser(const JsonReleaser&) = delete;
+  JsonReleaser& operator=(const JsonReleaser&) = delete;
+
+ private:
+  static void Drain(nlohmann::json& j) noexcept;
+  nlohmann::json& document_;
+};
+
 // Short description of a JSON value's type for error messages ("string", "number", ...).
 std::string JsonTypeName(const nlohmann::json& v);
 

@@ -133,7 +133,11 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
 
 Status SafetensorsFile::ParseHeader(const std::string& header) {
   const std::string where = "'" + path_ + "'";
-  MOERUN_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonStrict(header, where + " header"));
+  // Used in place (not moved out) so that the releaser empties the only copy of the document.
+  Result<nlohmann::json> parsed = ParseJsonStrict(header, where + " header");
+  if (!parsed.ok()) return parsed.status();
+  nlohmann::json& j = parsed.value();
+  const JsonReleaser release_j(j);
   if (!j.is_object()) return CorruptFile(where + ": header is a JSON " + JsonTypeName(j) + ", expected an object");
   const uint64_t data_size = file_size_ - data_offset_;
   for (auto it = j.begin(); it != j.end(); ++it) {
@@ -282,7 +286,11 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir_in) 
 Status Checkpoint::LoadIndex(const std::string& index_path) {
   const std::string where = "'" + index_path + "'";
   MOERUN_ASSIGN_OR_RETURN(std::string text, ReadTextFile(index_path, kMaxIndexBytes));
-  MOERUN_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonStrict(text, where));
+  // Used in place (not moved out) so that the releaser empties the only copy of the document.
+  Result<nlohmann::json> parsed = ParseJsonStrict(text, where);
+  if (!parsed.ok()) return parsed.status();
+  nlohmann::json& j = parsed.value();
+  const JsonReleaser release_j(j);
   if (!j.is_object()) return CorruptFile(where + ": index is a JSON " + JsonTypeName(j) + ", expected an object");
   auto wm = j.find("weight_map");
   if (wm == j.end() || !wm->is_object()) return CorruptFile(where + ": missing or non-object 'weight_map'");

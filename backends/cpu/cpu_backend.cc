@@ -29,7 +29,11 @@ Result<std::unique_ptr<Backend>> CreateCpuBackend(Precision precision) {
     return InvalidArgument("cpu backend: unknown precision " + std::to_string(static_cast<int>(precision)));
   }
   const CpuFeatures features = CpuFeatures::Detect();
-  std::unique_ptr<Backend> backend(new (std::nothrow) CpuBackend(precision, features));
+  std::unique_ptr<Backend> backend;
+  try {
+    backend.reset(new (std::nothrow) CpuBackend(precision, features));
+  } catch (const std::bad_alloc&) {  // from the constructor (the oneDNN state)
+  }
   if (!backend) return OutOfMemory("creating the cpu backend");
   if (!features.avx512) Log(LogLevel::kInfo, "cpu backend: no AVX-512; using scalar kernels");
   return backend;

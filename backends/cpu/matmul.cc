@@ -11,7 +11,10 @@
 //                   copy PrepareWeights made) → oneDNN bf16 matmul with f32 output. Otherwise the own
 //                   kernel, which rounds dequantised weights to bf16 in registers: same products,
 //                   fp32 accumulation, the same numbers as the reference.
-// oneDNN failures are logged and the call falls back to the own kernel, so Linear always produces.
+// oneDNN failures are logged and the call falls back to the own kernel, so Linear always produces,
+// except out of memory: a scratch buffer that cannot be allocated throws std::bad_alloc to the caller
+// (a session turns it into MOERUN_ERR_OUT_OF_MEMORY and retries give the same numbers), rather than
+// a fallback path that would make the results depend on memory pressure.
 #include <omp.h>
 
 #include <algorithm>
@@ -27,7 +30,9 @@
 
 #include "backends/cpu/cpu_backend_impl.h"
 #include "backends/cpu/q8_kernels.h"
+#include "runtime/core/aligned_buffer.h"
 #include "runtime/core/log.h"
+#include "runtime/core/parallel_errors.h"
 
 namespace moerun::cpu {
 
@@ -111,6 +116,8 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
     if (w.dtype == DType::kF32 && M > kOwnKernelMaxM && OnednnF32(w, x, ldx, M, y, ldy)) return;
     if (w.dtype != DType::kF32 && M >= kPanelMinM && OnednnF32Panels(w, x, ldx, M, y, ldy)) return;
     LinearOwn(w, x, ldx, M, y, ldy, false);
+  } catch (const std::bad_alloc&) {
+    throw;
   } catch (const std::exception& ex) {
     LogLimited(log_budget, LogLevel::kError, std::string("cpu backend: Linear failed: ") + ex.what());
     ZeroRows(y, M, w.rows, ldy);
@@ -124,8 +131,12 @@ void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x,
                              int64_t M, float* y, int64_t y_step, int64_t ldy) const {
   constexpr int64_t kMaxParallelItemWork = int64_t{1} << 22;  // M·rows·cols of one item
   const bool across = count > 1 && M * w[0].rows * w[0].cols <= kMaxParallelItemWork;
+  ParallelErrors errors;
 #pragma omp parallel for schedule(static) if (across)
-  for (int64_t i = 0; i < count; ++i) Linear(w[i], x + i * x_step, ldx, M, y + i * y_step, ldy);
+  for (int64_t i = 0; i < count; ++i) {
+    if (!errors.failed()) errors.Capture([&] { Linear(w[i], x + i * x_step, ldx, M, y + i * y_step, ldy); });
+  }
+  errors.Rethrow();
 }
 
 void CpuBackend::LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
@@ -146,17 +157,17 @@ void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int6
     (simd ? q8::LinearF32 : q8::LinearF32Scalar)(w, x, ldx, M, y, ldy);
     return;
   }
-  // Per-thread activation scratch, 64-byte aligned, grown to the largest call seen (bad_alloc is
-  // caught by Linear).
+  // Per-thread activation scratch, 64-byte aligned, grown to the largest call seen.
+  constexpr size_t kAlign = 64;
   struct Free {
-    void operator()(void* p) const { std::free(p); }
+    void operator()(void* p) const { AlignedFree(p, kAlign); }
   };
   thread_local std::unique_ptr<void, Free> scratch;
   thread_local int64_t scratch_bytes = 0;
   const int64_t need = q8::ActivationBytes(M, w.cols);
   if (scratch_bytes < need) {
     const int64_t bytes = (need + 63) / 64 * 64;
-    scratch.reset(std::aligned_alloc(64, static_cast<size_t>(bytes)));
+    scratch.reset(AlignedAlloc(kAlign, static_cast<size_t>(bytes)));
     scratch_bytes = scratch ? bytes : 0;
     if (!scratch) throw std::bad_alloc();
   }
@@ -175,29 +186,21 @@ void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, in
   const int64_t N = w.rows, K = w.cols;
   const size_t elems = static_cast<size_t>(M * K);
   const uint16_t* wb = w.dtype == DType::kBF16 ? static_cast<const uint16_t*>(w.data) : FindBf16Copy(w);
-  // Rounded activations live in per-thread buffers that grow to the largest call seen; if one cannot
-  // grow, the scalar kernel rounds on the fly instead.
+  // Rounded activations live in per-thread buffers that grow to the largest call seen.
   if (wb && onednn_ && M > kOwnKernelMaxM) {
     thread_local std::vector<uint16_t> xb;
-    bool have = true;
-    try {
-      if (xb.size() < elems) xb.resize(elems);
-    } catch (const std::exception&) {
-      have = false;
-    }
-    if (have) {
-      uint16_t* xbp = xb.data();
-      const bool avx = features_.avx512;
+    if (xb.size() < elems) xb.resize(elems);
+    uint16_t* xbp = xb.data();
+    const bool avx = features_.avx512;
 #pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
-      for (int64_t m = 0; m < M; ++m) {
-        if (avx) {
-          avx512::RoundToBf16Bits(x + m * ldx, K, xbp + m * K);
-        } else {
-          for (int64_t c = 0; c < K; ++c) xbp[m * K + c] = F32ToBf16(x[m * ldx + c]);
-        }
+    for (int64_t m = 0; m < M; ++m) {
+      if (avx) {
+        avx512::RoundToBf16Bits(x + m * ldx, K, xbp + m * K);
+      } else {
+        for (int64_t c = 0; c < K; ++c) xbp[m * K + c] = F32ToBf16(x[m * ldx + c]);
       }
-      if (OnednnBf16(wb, N, K, xbp, M, y, ldy)) return;
     }
+    if (OnednnBf16(wb, N, K, xbp, M, y, ldy)) return;
   }
   // Own kernel; a bf16 copy (exact already) beats rounding the dequantised weights again.
   WeightView v = w;
@@ -209,17 +212,10 @@ void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, in
   const bool round_w = v.dtype != DType::kBF16;
   if (features_.avx512) {
     thread_local std::vector<float> xr;
-    bool have = true;
-    try {
-      if (xr.size() < elems) xr.resize(elems);
-    } catch (const std::exception&) {
-      have = false;
-    }
-    if (have) {
-      for (int64_t m = 0; m < M; ++m) avx512::RoundToBf16Floats(x + m * ldx, K, xr.data() + m * K);
-      avx512::Linear(v, FindF8Flags(v), xr.data(), K, M, y, ldy, round_w);
-      return;
-    }
+    if (xr.size() < elems) xr.resize(elems);
+    for (int64_t m = 0; m < M; ++m) avx512::RoundToBf16Floats(x + m * ldx, K, xr.data() + m * K);
+    avx512::Linear(v, FindF8Flags(v), xr.data(), K, M, y, ldy, round_w);
+    return;
   }
   LinearScalar(v, x, ldx, M, y, ldy, round_w, true);
 }
@@ -332,32 +328,19 @@ void LinearScalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, f
   const int64_t N = w.rows, K = w.cols;
   constexpr int64_t kRows = 8;
   const int64_t blocks = (N + kRows - 1) / kRows;
+  ParallelErrors errors;
 #pragma omp parallel if (N * K >= (1 << 16))
   {
-    // Dequantised rows and rounded activations; empty when allocation failed (then element-wise).
+    // Dequantised rows and rounded activations, per thread, grown to the largest call seen.
     thread_local std::vector<float> wbuf, xbuf;
-    bool buffered = true;
-    try {
+    errors.Capture([&] {
       if (wbuf.size() < static_cast<size_t>(kRows * K)) wbuf.resize(static_cast<size_t>(kRows * K));
       if (xbuf.size() < static_cast<size_t>(K)) xbuf.resize(static_cast<size_t>(K));
-    } catch (const std::exception&) {
-      buffered = false;
-    }
+    });
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
+      if (errors.failed()) continue;
       const int64_t r0 = b * kRows, nr = std::min(kRows, N - r0);
-      if (!buffered) {
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t r = r0; r < r0 + nr; ++r) {
-            float acc = 0.0f;
-            for (int64_t c = 0; c < K; ++c) {
-              const float wv = round_w ? RoundBf16(w.At(r, c)) : w.At(r, c);
-              acc += wv * (round_x ? RoundBf16(x[m * ldx + c]) : x[m * ldx + c]);
-            }
-            y[m * ldy + r] = acc;
-          }
-        continue;
-      }
       for (int64_t i = 0; i < nr; ++i)
         for (int64_t c = 0; c < K; ++c) {
           const float v = w.At(r0 + i, c);
@@ -379,6 +362,7 @@ void LinearScalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, f
       }
     }
   }
+  errors.Rethrow();
 }
 
 }  // namespace moerun::cpu

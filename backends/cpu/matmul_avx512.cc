@@ -9,6 +9,7 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <new>
 
 #include "backends/cpu/cpu_backend_impl.h"
@@ -358,7 +359,7 @@ void MicroTileC(int64_t C, const float* buf, int64_t ldb, int64_t kc, const floa
   }
 }
 
-// Per-thread conversion buffer; null when the allocation failed (the caller then goes direct).
+// Per-thread conversion buffer; null when the allocation failed.
 float* ThreadBlockBuffer() {
   struct Buffer {
     float* p = nullptr;
@@ -406,19 +407,21 @@ void LinearTyped(const Source& src, const float* x, int64_t ldx, int64_t M, floa
     return;
   }
   const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+  // Without its buffer a thread could go direct, but that sums in another order: the numbers would
+  // depend on memory pressure. Out of memory is reported instead (Linear's callers retry).
+  std::atomic<bool> no_buffer{false};
 #pragma omp parallel if (parallel)
   {
     float* buf = ThreadBlockBuffer();
+    if (!buf) no_buffer.store(true, std::memory_order_relaxed);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
+      if (!buf) continue;
       const int64_t r0 = b * kBlockRows, nr = Min(kBlockRows, N - r0);
-      if (buf) {
-        BufferedRows<D, kRound>(src, r0, nr, x, ldx, M, y, ldy, buf);
-      } else {
-        DirectRows<D, kRound>(src, r0, nr, x, ldx, M, y, ldy);
-      }
+      BufferedRows<D, kRound>(src, r0, nr, x, ldx, M, y, ldy, buf);
     }
   }
+  if (no_buffer.load(std::memory_order_relaxed)) throw std::bad_alloc();
 }
 
 template <bool kRound>

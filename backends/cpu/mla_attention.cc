@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -395,17 +396,11 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
                        : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
                                              std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
   const bool avx = features_.avx512;
-  // Tokens whose scratch could not be allocated (logged) get a zero output.
-  std::vector<uint8_t> failed;
+  // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
+  // thrown: reported as std::bad_alloc after them (the session turns it into out of memory).
+  std::vector<uint8_t> failed(static_cast<size_t>(T), 0);
   std::vector<float> partial;  // spans > 1: per (token, span) out [H, R], max [H], sum [H]
-  try {
-    failed.assign(static_cast<size_t>(T), 0);
-    if (spans > 1) partial.resize(static_cast<size_t>(T * spans * H * (R + 2)));
-  } catch (const std::exception&) {
-    Log(LogLevel::kError, "cpu backend: MlaAttention out of memory; output zeroed");
-    std::fill(a.out, a.out + T * H * R, 0.0f);
-    return;
-  }
+  if (spans > 1) partial.resize(static_cast<size_t>(T * spans * H * (R + 2)));
   if (spans == 1) {
 #pragma omp parallel for schedule(dynamic, 1) if (parallel && T > 1)
     for (int64_t t = 0; t < T; ++t) {
@@ -447,7 +442,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
     }
   }
   for (int64_t t = 0; t < T; ++t)
-    if (failed[t]) std::fill(a.out + t * H * R, a.out + (t + 1) * H * R, 0.0f);
+    if (failed[t]) throw std::bad_alloc();
 }
 
 }  // namespace moerun::cpu

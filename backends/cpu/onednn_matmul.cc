@@ -11,6 +11,7 @@
 
 #include "backends/cpu/cpu_backend_impl.h"
 #include "runtime/core/log.h"
+#include "runtime/core/parallel_errors.h"
 
 namespace moerun::cpu {
 
@@ -18,6 +19,11 @@ namespace {
 
 // Bound on cached primitives; shapes repeat (one per layer kind and M), so this is rarely reached.
 constexpr size_t kMaxCachedPrimitives = 4096;
+
+// oneDNN reports its own allocation failures as dnnl::error; they are out of memory like ours, not a
+// reason to give up on the shape for good.
+[[noreturn]] void RethrowOutOfMemory() { throw std::bad_alloc(); }
+bool IsOutOfMemory(const dnnl::error& e) { return e.status == dnnl_out_of_memory; }
 
 // Rate-limited: a failing shape in a decode loop must not flood the log.
 void LogLimited(std::atomic<int>& budget, LogLevel level, const std::string& message) {
@@ -71,6 +77,14 @@ struct OnednnState {
       e->scratch = pd.scratchpad_desc();
       e->prim = dnnl::matmul(pd);
       e->ok = true;
+    } catch (const std::bad_alloc&) {
+      throw;  // transient: not cached, the next call tries again
+    } catch (const dnnl::error& ex) {
+      if (IsOutOfMemory(ex)) RethrowOutOfMemory();
+      LogLimited(log_budget, LogLevel::kWarning,
+                 std::string("cpu backend: oneDNN matmul unavailable for M=") + std::to_string(key.M) +
+                     " N=" + std::to_string(key.N) + " K=" + std::to_string(key.K) + (key.bf16 ? " bf16" : " f32") +
+                     " (" + ex.what() + "); using the own kernel");
     } catch (const std::exception& ex) {
       LogLimited(log_budget, LogLevel::kWarning,
                  std::string("cpu backend: oneDNN matmul unavailable for M=") + std::to_string(key.M) +
@@ -98,6 +112,13 @@ struct OnednnState {
                                {DNNL_ARG_SCRATCHPAD, sp}});
       stream.wait();
       return true;
+    } catch (const std::bad_alloc&) {
+      throw;
+    } catch (const dnnl::error& ex) {
+      if (IsOutOfMemory(ex)) RethrowOutOfMemory();
+      LogLimited(log_budget, LogLevel::kWarning,
+                 std::string("cpu backend: oneDNN matmul failed (") + ex.what() + "); using the own kernel");
+      return false;
     } catch (const std::exception& ex) {
       LogLimited(log_budget, LogLevel::kWarning,
                  std::string("cpu backend: oneDNN matmul failed (") + ex.what() + "); using the own kernel");
@@ -120,6 +141,12 @@ CpuBackend::CpuBackend(Precision precision, CpuFeatures features) : precision_(p
   if (!features_.onednn) return;
   try {
     onednn_ = std::make_unique<OnednnState>();
+  } catch (const std::bad_alloc&) {
+    throw;  // CreateCpuBackend reports it; a backend without oneDNN would compute other numbers
+  } catch (const dnnl::error& ex) {
+    if (IsOutOfMemory(ex)) RethrowOutOfMemory();
+    Log(LogLevel::kWarning, std::string("cpu backend: oneDNN unavailable (") + ex.what() + "); own kernels only");
+    features_.onednn = false;
   } catch (const std::exception& ex) {
     Log(LogLevel::kWarning, std::string("cpu backend: oneDNN unavailable (") + ex.what() + "); own kernels only");
     features_.onednn = false;
@@ -137,25 +164,27 @@ bool CpuBackend::OnednnF32Panels(const WeightView& w, const float* x, int64_t ld
   const int64_t panels = (N + panel_rows - 1) / panel_rows;
   const uint8_t* flags = FindF8Flags(w);
   std::atomic<bool> ok{true};
+  // Out of memory is thrown after the region rather than answered with the own kernel, whose sums
+  // differ: the numbers must not depend on memory pressure.
+  ParallelErrors errors;
   // oneDNN runs single-threaded inside this region (no nested parallelism), one panel per call.
 #pragma omp parallel
   {
     thread_local std::vector<float> panel;
-    bool have = true;
-    try {
+    errors.Capture([&] {
       if (panel.size() < static_cast<size_t>(panel_rows * K)) panel.resize(static_cast<size_t>(panel_rows * K));
-    } catch (const std::exception&) {
-      have = false;
-      ok = false;
-    }
+    });
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < panels; ++p) {
-      if (!have || !ok.load(std::memory_order_relaxed)) continue;
+      if (errors.failed() || !ok.load(std::memory_order_relaxed)) continue;
       const int64_t r0 = p * panel_rows, nr = std::min(panel_rows, N - r0);
       avx512::DequantizeRows(w, flags, r0, r0 + nr, panel.data());
-      if (!onednn_->Run({false, M, nr, K, ldx, ldy}, x, panel.data(), y + r0)) ok = false;
+      errors.Capture([&] {
+        if (!onednn_->Run({false, M, nr, K, ldx, ldy}, x, panel.data(), y + r0)) ok = false;
+      });
     }
   }
+  errors.Rethrow();
   return ok;
 }
 

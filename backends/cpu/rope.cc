@@ -2,11 +2,12 @@
 // with cos/sin scaled by attention_factor (as transformers computes it).
 #include "backends/cpu/simd_avx512.h"  // first: see there
 
+#include <atomic>
 #include <cmath>
+#include <new>
 #include <vector>
 
 #include "backends/cpu/cpu_backend_impl.h"
-#include "runtime/core/log.h"
 
 namespace moerun::cpu {
 
@@ -53,6 +54,7 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
   if (T <= 0 || n_vec <= 0 || half <= 0 || !x || !positions || !inv_freq) return;
   const bool avx = features_.avx512;
   const int64_t n = 2 * half;
+  std::atomic<bool> no_table{false};  // thrown as std::bad_alloc after the region
 #pragma omp parallel if (T * n_vec * half >= kMinParallel && T > 1)
   {
     // Head sizes are far below kStackPairs; larger ones get a heap table.
@@ -66,7 +68,7 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
         cs = heap_table.data();
       } catch (const std::exception&) {
         cs = nullptr;
-        Log(LogLevel::kError, "cpu backend: Rope out of memory for its angle table; vectors left unrotated");
+        no_table.store(true, std::memory_order_relaxed);
       }
     }
     float* sn = cs ? cs + n : nullptr;
@@ -84,6 +86,7 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
       }
     }
   }
+  if (no_table.load(std::memory_order_relaxed)) throw std::bad_alloc();
 }
 
 }  // namespace moerun::cpu

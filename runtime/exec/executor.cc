@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "runtime/core/parallel_errors.h"
 #include "runtime/exec/session.h"
 #include "runtime/moe/router.h"
 
@@ -203,8 +204,12 @@ void Session::RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T) {
     be.Linear(w.down.At(e), g + o * I, I, m, ys + o * D, D);
   };
   if (across) {
+    ParallelErrors errors;  // the kernels throw std::bad_alloc, which must not leave the region
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_active; ++i) run_expert(i);
+    for (int64_t i = 0; i < n_active; ++i) {
+      if (!errors.failed()) errors.Capture([&] { run_expert(i); });
+    }
+    errors.Rethrow();
   } else {
     for (int64_t i = 0; i < n_active; ++i) run_expert(i);
   }

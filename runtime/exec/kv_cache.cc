@@ -1,13 +1,13 @@
 #include "runtime/exec/kv_cache.h"
 
-#include <cstdlib>
 #include <new>
 
+#include "runtime/core/aligned_buffer.h"
 #include "runtime/core/dtype.h"
 
 namespace moerun {
 
-LatentKvCache::~LatentKvCache() { std::free(pool_); }
+LatentKvCache::~LatentKvCache() { AlignedFree(pool_, kPoolAlignment); }
 
 Status LatentKvCache::Init(int64_t n_layers, int64_t kv_rank, int64_t rope_dim, int64_t capacity_tokens,
                            int64_t max_sequences) {
@@ -23,7 +23,7 @@ Status LatentKvCache::Init(int64_t n_layers, int64_t kv_rank, int64_t rope_dim, 
       !CheckedMul(floats, static_cast<uint64_t>(kv_rank + rope_dim), &floats) || !CheckedMul(floats, 4, &bytes) ||
       n_pages_ > INT32_MAX)
     return InvalidArgument("kv_capacity is too large");
-  pool_ = static_cast<float*>(std::aligned_alloc(64, AlignUp(bytes, 64)));
+  pool_ = static_cast<float*>(AlignedAlloc(kPoolAlignment, AlignUp(bytes, kPoolAlignment)));
   if (!pool_)
     return OutOfMemory("allocating the KV cache (" + std::to_string(bytes >> 20) + " MiB for " +
                        std::to_string(capacity_tokens) + " tokens)");

@@ -49,7 +49,8 @@ class LatentKvCache {
     uint32_t length = 0;
     std::vector<int32_t> pages;
   };
-  float* pool_ = nullptr;
+  static constexpr size_t kPoolAlignment = 64;
+  float* pool_ = nullptr;  // AlignedAlloc(kPoolAlignment)
   int64_t n_layers_ = 0, kv_rank_ = 0, rope_dim_ = 0, n_pages_ = 0, capacity_ = 0;
   std::vector<int32_t> free_list_;
   std::vector<Sequence> seqs_;

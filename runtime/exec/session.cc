@@ -40,17 +40,18 @@ Status Session::Decode(const Batch& b) {
     return InvalidArgument("batch of " + std::to_string(T) + " tokens exceeds max_batch_tokens (" +
                            std::to_string(options_.max_batch_tokens) + ")");
   const int64_t n_seq = cache_.max_sequences();
+  std::vector<int64_t> added;
   try {
+    added.assign(static_cast<size_t>(n_seq), 0);
     tokens_.assign(b.tokens, b.tokens + T);
     seq_of_.assign(static_cast<size_t>(T), 0);
     positions_.resize(static_cast<size_t>(T));
     n_keys_.resize(static_cast<size_t>(T));
     token_pages_.resize(static_cast<size_t>(T));
-    out_row_.assign(static_cast<size_t>(T), -1);
+    pending_out_row_.assign(static_cast<size_t>(T), -1);
   } catch (const std::bad_alloc&) {
     return OutOfMemory("allocating batch bookkeeping");
   }
-  std::vector<int64_t> added(static_cast<size_t>(n_seq), 0);
   int64_t n_out = 0;
   for (int64_t t = 0; t < T; ++t) {
     if (tokens_[t] < 0 || tokens_[t] >= static_cast<int64_t>(c.vocab_size))
@@ -69,7 +70,7 @@ Status Session::Decode(const Batch& b) {
     positions_[t] = static_cast<int32_t>(pos);
     n_keys_[t] = static_cast<int32_t>(pos + 1);
     const bool want = b.logits ? b.logits[t] != 0 : t == T - 1;
-    if (want) out_row_[t] = n_out++;
+    if (want) pending_out_row_[t] = n_out++;
   }
   int64_t pages = 0;
   for (int64_t s = 0; s < n_seq; ++s)
@@ -78,13 +79,17 @@ Status Session::Decode(const Batch& b) {
     return Status(StatusCode::kKvCacheFull, "KV cache full: the batch needs " + std::to_string(T) + " tokens, " +
                                                 std::to_string(cache_.free_tokens()) + " of " +
                                                 std::to_string(cache_.capacity_tokens()) + " are free");
+  std::vector<uint32_t> old_length;
   try {
-    logits_.resize(static_cast<size_t>(n_out) * c.vocab_size);
+    old_length.resize(static_cast<size_t>(n_seq));
     for (auto& buf : buffers_) buf.resize(static_cast<size_t>(T) * c.hidden_size);
+    // Last: if it fails, resize has left the previous decode's logits as they were.
+    logits_.resize(static_cast<size_t>(n_out) * c.vocab_size);
   } catch (const std::bad_alloc&) {
     return OutOfMemory("allocating activations for a batch of " + std::to_string(T) + " tokens");
   }
-  std::vector<uint32_t> old_length(static_cast<size_t>(n_seq));
+  // Committed: from here on the previous decode's logits are gone.
+  out_row_.swap(pending_out_row_);
   for (int64_t s = 0; s < n_seq; ++s) {
     old_length[s] = cache_.length(s);
     if (added[s]) cache_.Reserve(s, old_length[s] + added[s]);
@@ -93,14 +98,22 @@ Status Session::Decode(const Batch& b) {
 
   const int threads = options_.n_threads > 0 ? options_.n_threads : model_->n_threads();
   if (threads > 0) omp_set_num_threads(threads);
-  try {
-    Forward(T);
-  } catch (const std::bad_alloc&) {
+  // A failed forward pass leaves the sequences as they were and no logits to read.
+  auto roll_back = [&] {
     for (int64_t s = 0; s < n_seq; ++s) {
       cache_.SetLength(s, old_length[s]);
       cache_.Shrink(s);
     }
+    out_row_.clear();
+  };
+  try {
+    Forward(T);
+  } catch (const std::bad_alloc&) {
+    roll_back();
     return OutOfMemory("allocating scratch memory during decode");
+  } catch (...) {
+    roll_back();
+    throw;
   }
   for (int64_t s = 0; s < n_seq; ++s) cache_.SetLength(s, old_length[s] + static_cast<uint32_t>(added[s]));
   return Status::Ok();

@@ -31,7 +31,9 @@ class Session {
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model, const SessionOptions& options);
 
   // Appends the batch to its sequences and computes the requested logits. On failure the sequences
-  // are as before the call.
+  // are as before the call; a batch rejected before the forward pass (invalid, KV cache full, no
+  // memory for its buffers) also leaves the previous decode's logits readable, a failed forward pass
+  // leaves none.
   Status Decode(const Batch& batch);
   // Logits of batch token i of the last Decode.
   Result<const float*> Logits(int64_t i) const;
@@ -62,6 +64,7 @@ class Session {
   std::vector<int32_t> tokens_, seq_of_, positions_, n_keys_;
   std::vector<const int32_t*> token_pages_;
   std::vector<int64_t> out_row_;  // batch index -> logits row or -1
+  std::vector<int64_t> pending_out_row_;  // out_row_ of the batch being validated
   std::vector<float> logits_;     // [n_out, vocab]
   std::vector<std::vector<float>> buffers_;  // activation buffers 0..2, [T, D]
   std::vector<std::vector<float>> scratch_;

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "runtime/core/aligned_buffer.h"
 #include "runtime/core/log.h"
 #include "runtime/format/file_format.h"
 
@@ -99,7 +100,7 @@ ModelConfig ConfigFromFlatBuffer(const fb::Config& c) {
 
 ModelFile::~ModelFile() {
   if (mapped_ && base_) munmap(const_cast<uint8_t*>(base_), size_);
-  if (!mapped_ && owned_copy_) std::free(owned_copy_);
+  if (!mapped_) AlignedFree(owned_copy_, kLargeTensorAlignment);
 }
 
 Result<std::shared_ptr<ModelFile>> ModelFile::Open(const std::string& path, const VerifyOptions& options) {
@@ -145,7 +146,7 @@ Result<std::shared_ptr<ModelFile>> ModelFile::FromMemory(const void* data, size_
   if (!f) return OutOfMemory("allocating the model file object");
   if (reinterpret_cast<uintptr_t>(data) % kSmallTensorAlignment != 0) {
     // Weights are read in place and must be aligned; copy an unaligned buffer once.
-    void* copy = std::aligned_alloc(kLargeTensorAlignment, AlignUp(size, kLargeTensorAlignment));
+    void* copy = AlignedAlloc(kLargeTensorAlignment, AlignUp(size, kLargeTensorAlignment));
     if (!copy) return OutOfMemory("copying an unaligned model buffer of " + std::to_string(size) + " bytes");
     std::memcpy(copy, data, size);
     f->owned_copy_ = copy;
