@@ -35,10 +35,19 @@ using moerun::StatusCode;
 
 thread_local std::string t_last_error;
 
-moerun_status Fail(const Status& st) {
-  t_last_error = st.message();
-  return static_cast<moerun_status>(st.code());
+// Never throws, so that it is safe in Guard's handlers: with no memory even for the message, the
+// message is left empty and the status alone says what happened.
+moerun_status FailNoThrow(StatusCode code, const char* message, const char* detail) noexcept {
+  try {
+    t_last_error.assign(message);
+    t_last_error.append(detail);
+  } catch (...) {
+    t_last_error.clear();
+  }
+  return static_cast<moerun_status>(code);
 }
+
+moerun_status Fail(const Status& st) { return FailNoThrow(st.code(), st.message().c_str(), ""); }
 
 moerun_status Fail(StatusCode code, const std::string& message) { return Fail(Status(code, message)); }
 
@@ -50,11 +59,11 @@ moerun_status Guard(F&& body) {
   try {
     return body();
   } catch (const std::bad_alloc&) {
-    return Fail(StatusCode::kOutOfMemory, "out of memory");
+    return FailNoThrow(StatusCode::kOutOfMemory, "out of memory", "");
   } catch (const std::exception& e) {
-    return Fail(StatusCode::kInternal, std::string("internal error: ") + e.what());
+    return FailNoThrow(StatusCode::kInternal, "internal error: ", e.what());
   } catch (...) {
-    return Fail(StatusCode::kInternal, "internal error: unknown exception");
+    return FailNoThrow(StatusCode::kInternal, "internal error: unknown exception", "");
   }
 }
 
@@ -126,7 +135,7 @@ moerun::VerifyOptions MakeVerify(const moerun_model_options& o, ProgressAdapter*
 
 extern "C" {
 
-MOERUN_API const char* moerun_version(void) { return "0.1.0"; }
+MOERUN_API const char* moerun_version(void) { return MOERUN_VERSION_STRING; }
 MOERUN_API uint32_t moerun_abi_version(void) { return MOERUN_ABI_VERSION; }
 
 MOERUN_API const char* moerun_status_string(moerun_status status_value) {

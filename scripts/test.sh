@@ -14,6 +14,10 @@ echo "== build (RelWithDebInfo)"
 scripts/build.sh "$root/build"
 echo "== tests"
 (cd build && ctest --output-on-failure -j "$jobs")
+echo "== install to a temporary prefix; build and run the samples out of tree (CMake, pkg-config)"
+tests/packaging/install_test.sh "$root/build"
+echo "== python binding (pytest) and the Python sample"
+bindings/python/run_tests.sh "$root/build"
 
 echo "== build (ASan + UBSan)"
 scripts/build.sh "$root/build-asan" -DMOERUN_SANITIZE=ON

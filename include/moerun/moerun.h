@@ -18,7 +18,8 @@
  *    be used after moerun_model_destroy).
  *  - A moerun_session and a moerun_sampler are used by one thread at a time (no internal locking);
  *    different sessions may run concurrently.
- *  - The log callback is process-wide and may be called from any thread that calls into moerun.
+ *  - The log callback is process-wide and may be called from any thread that calls into moerun,
+ *    with an internal lock held: it must not call moerun functions.
  *  - Pointers returned by moerun_session_get_logits stay valid until the next call that modifies
  *    that session (decode, sequence removal, destroy).
  */
@@ -94,7 +95,9 @@ MOERUN_API void moerun_set_log_callback(moerun_log_fn callback, void* user_data,
 
 /* ---- model ------------------------------------------------------------------------------------ */
 
-/* Load progress in [0, 1]. Return 0 to cancel the load (MOERUN_ERR_CANCELLED), non-zero to go on. */
+/* Load progress in [0, 1]. Return 0 to cancel the load (MOERUN_ERR_CANCELLED), non-zero to go on.
+ * Called only while verify_weights reads the whole file; a plain load maps the file and returns
+ * before a progress report would be useful. */
 typedef int (*moerun_progress_fn)(void* user_data, float fraction);
 
 typedef struct moerun_model_options {

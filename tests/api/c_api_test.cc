@@ -10,12 +10,13 @@
 
 #include "converters/converter.h"
 #include "moerun/moerun.h"
+#include "tests/api/test_dir.h"
 
 namespace {
 
 std::string ModelPath() {
   static const std::string path = [] {
-    const std::string p = std::string(::testing::TempDir()) + "/c_api_v3.moerun";
+    const std::string p = moerun::testing::TestDir() + "/c_api_v3.moerun";
     moerun::convert::ConvertOptions o;
     const moerun::Status st = moerun::convert::ConvertHfCheckpoint(MOERUN_TEST_DATA_DIR "/golden/v3_bf16", p, o);
     EXPECT_TRUE(st.ok()) << st.message();
@@ -57,7 +58,7 @@ TEST(CApiBasics, LoadErrors) {
   o.precision = static_cast<moerun_precision>(5);
   EXPECT_EQ(moerun_model_load(ModelPath().c_str(), &o, &m), MOERUN_ERR_INVALID_ARGUMENT);
   // A text file is not a model.
-  const std::string junk = std::string(::testing::TempDir()) + "/junk.moerun";
+  const std::string junk = moerun::testing::TestDir() + "/junk.moerun";
   std::ofstream(junk) << "this is not a model file, but it is longer than sixty-four bytes in total, really";
   EXPECT_EQ(moerun_model_load(junk.c_str(), nullptr, &m), MOERUN_ERR_CORRUPT_FILE);
   EXPECT_NE(std::string(moerun_last_error()).find("bad magic"), std::string::npos);

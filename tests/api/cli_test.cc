@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "converters/safetensors.h"
+#include "tests/api/test_dir.h"
 
 namespace {
 
@@ -30,7 +31,7 @@ Result RunCli(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
-std::string Dir() { return std::string(::testing::TempDir()); }
+std::string Dir() { return moerun::testing::TestDir(); }
 
 std::string Converted(const std::string& fixture) {
   const std::string out = Dir() + "/cli_" + fixture + ".moerun";

@@ -10,11 +10,12 @@
 
 #include "converters/converter.h"
 #include "moerun/moerun.h"
+#include "tests/api/test_dir.h"
 
 namespace {
 
 std::string ConvertedModel(const char* fixture, moerun::convert::WeightsMode mode) {
-  const std::string p = std::string(::testing::TempDir()) + "/concurrency_" + fixture + "_" +
+  const std::string p = moerun::testing::TestDir() + "/concurrency_" + fixture + "_" +
                         moerun::convert::WeightsModeName(mode) + ".moerun";
   moerun::convert::ConvertOptions o;
   o.weights = mode;
