@@ -2,8 +2,8 @@
 # Tests the Python binding against a moerun build: bindings/python/run_tests.sh BUILD_DIR
 #  - makes a venv at BUILD_DIR/python-venv with the first python3 on PATH and installs the package,
 #    numpy and pytest into it;
-#  - installs libmoerun into the venv prefix with `cmake --install` (the layout users get), or, when
-#    that installs no libmoerun, points MOERUN_LIBRARY at the build directory's copy;
+#  - installs libmoerun into the venv prefix with `cmake --install` (the layout users get), so the
+#    package finds it there without MOERUN_LIBRARY;
 #  - runs the pytest suite with numpy and again with numpy blocked, then the Python sample.
 # Everything it writes goes under BUILD_DIR.
 set -euo pipefail
@@ -31,28 +31,19 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$py" ] || 
 fi
 echo "python: $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0], sys.executable)') (venv of $py)"
 
-# Build from a copy so that setuptools' build/ and *.egg-info never land in the source tree.
-pkg="$build/python-pkg"
-rm -rf "$pkg"
-mkdir -p "$pkg"
-cp -r "$here/pyproject.toml" "$here/README.md" "$here/src" "$pkg/"
-find "$pkg" \( -name '__pycache__' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$venv/bin/python" -m pip install -q numpy pytest || die "pip install numpy pytest failed"
-"$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$pkg" || die "pip install of the moerun package failed"
+# Exactly what the README tells users to run (setuptools' build/ and *.egg-info are git-ignored).
+"$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$here" || die "pip install $here failed"
 
 # Drop a copy from an earlier run so that only this build's install can satisfy the check below.
 find "$venv" -maxdepth 3 -name 'libmoerun.so*' -path "$venv/lib*" -exec rm -f {} +
 unset MOERUN_LIBRARY
 install_log="$build/python-cmake-install.log"
-if cmake --install "$build" --prefix "$venv" > "$install_log" 2>&1 &&
-   [ -n "$(find "$venv" -maxdepth 3 -name 'libmoerun.so*' -path "$venv/lib*" -print -quit)" ]; then
-  echo "libmoerun: installed into the venv prefix with cmake --install $build --prefix $venv"
-else
-  export MOERUN_LIBRARY="$build/libmoerun.so"
-  echo "libmoerun: cmake --install put no libmoerun under $venv (log: $install_log);" \
-       "falling back to MOERUN_LIBRARY=$MOERUN_LIBRARY"
-fi
+cmake --install "$build" --prefix "$venv" > "$install_log" 2>&1 || die "cmake --install $build failed (log: $install_log)"
+[ -n "$(find "$venv" -maxdepth 3 -name 'libmoerun.so*' -path "$venv/lib*" -print -quit)" ] ||
+  die "cmake --install put no libmoerun under $venv (log: $install_log)"
+echo "libmoerun: installed into the venv prefix with cmake --install $build --prefix $venv"
 echo "libmoerun used: $("$venv/bin/python" -c 'import moerun; print(moerun.library_path(), moerun.version())')"
 
 export MOERUN_BUILD_DIR="$build"
