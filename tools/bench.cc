@@ -48,10 +48,16 @@ std::string Json(const Stat& s) {
 
 // What one decode token touches at batch 1: every main-graph weight except the embedding table (one
 // row) and the routed experts (num_experts_per_tok of them per MoE layer). Parameters count toward the
-// matmul FLOPs; the embedding row does not.
+// matmul FLOPs; the embedding row does not. A prefill runs the LM head on its last row only (the
+// rows that want logits), so its matmul work is body_params per token plus head_params once.
 struct ActiveWork {
   uint64_t weight_bytes = 0;
-  uint64_t matmul_params = 0;
+  uint64_t matmul_params = 0;  // all of them: body + head
+  uint64_t head_params = 0;
+  double PrefillMatmulOps(int64_t tokens) const {
+    return 2.0 * (static_cast<double>(matmul_params - head_params) * static_cast<double>(tokens) +
+                  static_cast<double>(head_params));
+  }
   bool q8_weights = false;  // the routed experts are q8_panel (the int8 path at bf16 precision)
 };
 
@@ -71,6 +77,11 @@ ActiveWork Active(const ModelFile& f) {
           a.q8_weights = a.q8_weights || t.dtype == DType::kQ8Panel;
           a.weight_bytes += bytes / c.n_routed_experts * c.num_experts_per_tok;
           a.matmul_params += t.numel / c.n_routed_experts * c.num_experts_per_tok;
+          break;
+        case fb::Role::Head:
+          a.head_params += t.numel;
+          a.weight_bytes += bytes;
+          a.matmul_params += t.numel;
           break;
         default:
           a.weight_bytes += bytes;
@@ -164,9 +175,9 @@ class Bench {
       const double probe = int8_path ? GemmPeakInt8(threads) : GemmPeakBf16(threads);
       const double p0 = Now();
       bool ok = Decode(s, ids.data(), static_cast<uint32_t>(o_.prompt), nullptr);
-      prefill_tps.push_back(o_.prompt / (Now() - p0));
-      if (probe > 0)
-        prefill_fraction.push_back(prefill_tps.back() * 2.0 * static_cast<double>(work.matmul_params) / probe);
+      const double prefill_s = Now() - p0;
+      prefill_tps.push_back(o_.prompt / prefill_s);
+      if (probe > 0) prefill_fraction.push_back(work.PrefillMatmulOps(o_.prompt) / prefill_s / probe);
       for (size_t bi = 0; ok && bi < o_.batches.size(); ++bi) {
         const int B = o_.batches[bi];
         moerun_session_clear(s);
@@ -208,7 +219,7 @@ class Bench {
     }
 
     const Stat pf = Summarise(prefill_tps), pfrac = Summarise(prefill_fraction);
-    const double prefill_flops = pf.median * 2.0 * static_cast<double>(work.matmul_params);
+    const double prefill_flops = pf.median / static_cast<double>(o_.prompt) * work.PrefillMatmulOps(o_.prompt);
     char buf[1024];
     std::snprintf(buf, sizeof(buf),
                   "{\"threads\": %d, \"load_s\": %.4f, \"time_to_first_token_s\": %.4f, "

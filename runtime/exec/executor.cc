@@ -150,12 +150,18 @@ void Session::RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T) {
   route_weights_.resize(static_cast<size_t>(T * K));
   slot_of_.resize(static_cast<size_t>(T * K));
   slot_token_.resize(static_cast<size_t>(T * K));
-  float* route_scratch = Scratch(kRouteScratch, 2 * (E + c.n_group));
-  std::fill(expert_offset_.begin(), expert_offset_.end(), 0);
+  const int64_t per_thread = 2 * (E + c.n_group);
+  const int max_threads = omp_get_max_threads();
+  float* route_scratch = Scratch(kRouteScratch, static_cast<size_t>(per_thread * max_threads));
+  // Tokens route independently (each thread with its own scratch); nothing here allocates or throws.
+#pragma omp parallel for schedule(static) if (T * E >= (1 << 12))
   for (int64_t t = 0; t < T; ++t) {
-    RouteToken(c, logits + t * E, w.bias, route_scratch, &route_experts_[t * K], &route_weights_[t * K]);
-    for (int64_t k = 0; k < K; ++k) ++expert_offset_[route_experts_[t * K + k] + 1];
+    float* mine = route_scratch + per_thread * (omp_get_thread_num() % max_threads);
+    RouteToken(c, logits + t * E, w.bias, mine, &route_experts_[t * K], &route_weights_[t * K]);
   }
+  std::fill(expert_offset_.begin(), expert_offset_.end(), 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) ++expert_offset_[route_experts_[t * K + k] + 1];
   // Slots: the (token, k) pairs grouped by expert, in token order within an expert, so each
   // selected expert's weights are read once per batch on a contiguous block of rows.
   for (int64_t e = 0; e < E; ++e) expert_offset_[e + 1] += expert_offset_[e];

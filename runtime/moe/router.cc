@@ -1,5 +1,7 @@
 #include "runtime/moe/router.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -21,22 +23,80 @@ void TopK(const float* v, int n, int k, int32_t* out) {
 
 }  // namespace
 
-void RouterLogits(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits) {
-#pragma omp parallel for collapse(2) schedule(static) if (T * E * D >= (1 << 18))
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t e = 0; e < E; ++e) {
-      const float* a = x + t * D;
-      const float* b = router + e * D;
-      float acc[16] = {0};
-      int64_t d = 0;
-      for (; d + 16 <= D; d += 16)
-        for (int j = 0; j < 16; ++j) acc[j] += a[d + j] * b[d + j];
-      float s = 0.0f;
-      for (; d < D; ++d) s += a[d] * b[d];
-      for (int j = 0; j < 16; ++j) s += acc[j];
-      logits[t * E + e] = s;
+namespace {
+
+// One logit in the order every path uses: lane j of 16 sums a[d + j]·b[d + j] over the whole blocks
+// of 16 (a product, then an add: this file is built with -ffp-contract=off), then the tail columns
+// in order from 0, then lanes 0..15 in order.
+float DotScalar(const float* a, const float* b, int64_t D) {
+  float acc[16] = {0};
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += a[d + j] * b[d + j];
+  float s = 0.0f;
+  for (; d < D; ++d) s += a[d] * b[d];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+// The same operations with one AVX-512 register per lane set, 4 tokens × 4 experts at a time so
+// that each load feeds four products.
+template <int TB, int EB>
+__attribute__((target("avx512f"))) void DotBlockAvx512(const float* x, int64_t D, const float* router, int64_t E,
+                                                       int64_t t0, int64_t e0, float* logits) {
+  __m512 acc[TB][EB];
+  for (int i = 0; i < TB; ++i)
+    for (int j = 0; j < EB; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    __m512 b[EB];
+    for (int j = 0; j < EB; ++j) b[j] = _mm512_loadu_ps(router + (e0 + j) * D + d);
+    for (int i = 0; i < TB; ++i) {
+      const __m512 a = _mm512_loadu_ps(x + (t0 + i) * D + d);
+      for (int j = 0; j < EB; ++j) acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_mul_ps(a, b[j]));
     }
   }
+  for (int i = 0; i < TB; ++i)
+    for (int j = 0; j < EB; ++j) {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, acc[i][j]);
+      const float* a = x + (t0 + i) * D;
+      const float* b = router + (e0 + j) * D;
+      float s = 0.0f;
+      for (int64_t k = d; k < D; ++k) s += a[k] * b[k];
+      for (int k = 0; k < 16; ++k) s += lanes[k];
+      logits[(t0 + i) * E + e0 + j] = s;
+    }
+}
+
+__attribute__((target("avx512f"))) void RouterLogitsAvx512(const float* x, int64_t T, int64_t D,
+                                                           const float* router, int64_t E, float* logits) {
+  const int64_t tb = (T + 3) / 4;
+#pragma omp parallel for schedule(static) if (T * E * D >= (1 << 20))
+  for (int64_t b = 0; b < tb; ++b) {
+    const int64_t t0 = 4 * b;
+    int64_t e0 = 0;
+    if (t0 + 4 <= T) {
+      for (; e0 + 4 <= E; e0 += 4) DotBlockAvx512<4, 4>(x, D, router, E, t0, e0, logits);
+      for (; e0 < E; ++e0) DotBlockAvx512<4, 1>(x, D, router, E, t0, e0, logits);
+    } else {
+      for (int64_t t = t0; t < T; ++t)
+        for (int64_t e = 0; e < E; ++e) DotBlockAvx512<1, 1>(x, D, router, E, t, e, logits);
+    }
+  }
+}
+
+}  // namespace
+
+void RouterLogitsScalar(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits) {
+#pragma omp parallel for collapse(2) schedule(static) if (T * E * D >= (1 << 18))
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) logits[t * E + e] = DotScalar(x + t * D, router + e * D, D);
+}
+
+void RouterLogits(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  (avx512 ? RouterLogitsAvx512 : RouterLogitsScalar)(x, T, D, router, E, logits);
 }
 
 void RouteToken(const ModelConfig& c, const float* logits, const float* bias, float* scratch, int32_t* experts,
