@@ -129,8 +129,12 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
 // join waits for a descheduled thread. Large items (prefill) keep their own row-parallel kernels.
 void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x, int64_t x_step, int64_t ldx,
                              int64_t M, float* y, int64_t y_step, int64_t ldy) const {
+  // Items run concurrently, one per thread, when they are small or when there are enough of them to
+  // keep every thread busy (MLA's 16+ heads at prefill: each item then runs its kernels without
+  // splitting a few panels between threads, which cost more than it gained here).
   constexpr int64_t kMaxParallelItemWork = int64_t{1} << 22;  // M·rows·cols of one item
-  const bool across = count > 1 && M * w[0].rows * w[0].cols <= kMaxParallelItemWork;
+  const bool across = count > 1 && (M * w[0].rows * w[0].cols <= kMaxParallelItemWork ||
+                                    count >= 2 * static_cast<int64_t>(omp_get_max_threads()));
   ParallelErrors errors;
 #pragma omp parallel for schedule(static) if (across)
   for (int64_t i = 0; i < count; ++i) {
