@@ -45,8 +45,8 @@ std::vector<char> ReadAll(const std::string& path) {
   return std::vector<char>((std::istreambuf_iterator<char>(f)), {});
 }
 
-// Runs body on a fresh thread and waits for it and for the OpenMP workers it started: their
-// thread-local scratch is freed as they exit, shortly after the join.
+// Runs body on a fresh thread and joins it. The OpenMP workers it started exit (and free their
+// thread-local scratch) asynchronously, shortly after: see SettledLive and StableLive.
 template <typename F>
 void OnFreshThread(F&& body) {
   std::thread t(std::forward<F>(body));
@@ -59,6 +59,19 @@ int64_t SettledLive(int64_t baseline) {
   for (int i = 0; i < 200 && moerun::fault::Live() != baseline; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   return moerun::fault::Live();
+}
+
+// The live count once it has stopped changing for 100 ms (at most ~2 s): a baseline taken while the
+// workers of an earlier fresh thread are still exiting would count their frees against later runs.
+int64_t StableLive() {
+  int64_t v = moerun::fault::Live();
+  for (int still = 0, i = 0; still < 20 && i < 400; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const int64_t now = moerun::fault::Live();
+    still = now == v ? still + 1 : 0;
+    v = now;
+  }
+  return v;
 }
 
 // Few tokens: every k repeats the whole run, and the reference backend is slow.
@@ -372,7 +385,7 @@ TEST_P(FaultSweep, EveryAllocationOfLoadAndGenerate) {
   });
   // Clean run: counts N and records the reference outcome.
   uint64_t n = 0, n_load = 0;
-  const int64_t baseline = SettledLive(moerun::fault::Live());
+  const int64_t baseline = StableLive();
   OnFreshThread([&] {
     moerun_model* m = nullptr;
     moerun_model_options mo;
@@ -401,7 +414,7 @@ TEST_P(FaultSweep, EveryAllocationOfLoadAndGenerate) {
   // Also sets up gtest's per-thread trace stack, which lives on and would count as a leak later.
   ExpectSameOutcome(sc, 0, clean, clean);
   Outcome got;
-  const int64_t live_before_sweep = moerun::fault::Live();
+  const int64_t live_before_sweep = StableLive();
 
   const auto start = std::chrono::steady_clock::now();
   uint64_t failed_calls = 0, absorbed = 0, not_reached = 0;
