@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,7 +57,11 @@ struct LatentCacheView {
 
 // Absorbed-form MLA attention (MODEL_SPEC §4.5) for T query tokens:
 //   s_j = scale · (q_latent[t,h]·ĉ_j + q_rope[t,h]·k^R_j), j < n_keys[t]
-//   out[t,h] = Σ_j softmax(s)_j ĉ_j
+//   latent path (values == null):  out[t,h] = Σ_j softmax(s)_j ĉ_j           out [T, H, kv_rank]
+//   values path (values != null):  out[t,h] = Σ_j softmax(s)_j V_t[j, h]     out [T, H, v_dim]
+// The values path is for prefill, where a batch's keys are few compared with its tokens: the caller
+// expands every key once, V[j, h] = W_UV^h ĉ_j, and the weighted sum runs over v_dim-wide rows instead
+// of kv_rank-wide latents (and no W_UV is applied to the outputs). Same math, other rounding.
 struct MlaAttentionArgs {
   int64_t n_tokens = 0;
   int64_t n_heads = 0;
@@ -66,7 +71,42 @@ struct MlaAttentionArgs {
   const int32_t* const* token_pages = nullptr;  // [T] page table of token t's sequence
   const int32_t* n_keys = nullptr;              // [T] keys visible to token t (its position + 1)
   float scale = 1.0f;
-  float* out = nullptr;  // [T, H, kv_rank]
+  float* out = nullptr;  // [T, H, kv_rank], or [T, H, v_dim] on the values path
+  // Values path: values[t] = the values of token t's sequence, V[j, h] (v_dim floats) of the key at
+  // position j < n_keys[t] at values[t] + h·v_head_stride + j·v_dim: per head, the keys' rows follow
+  // each other. Tokens of one sequence share the pointer.
+  const float* const* values = nullptr;  // [T] or null
+  int64_t v_dim = 0;
+  int64_t v_head_stride = 0;  // floats
+
+  // The caller's choice of path for a batch of n_tokens that would expand keys_to_expand keys (each
+  // sequence's keys up to its last token in the batch): expanding costs as much per key as applying
+  // W_UV per output token costs per token, so with at most ~2 keys per token the expansion costs at
+  // most twice the output W_UV it replaces, while the weighted sum gets kv_rank / v_dim times
+  // cheaper for every (token, key) pair. Decode and short chunks at long context stay latent.
+  static constexpr int64_t kMinValuesTokens = 16;
+  static bool PreferValues(int64_t n_tokens, int64_t keys_to_expand) {
+    return n_tokens >= kMinValuesTokens && keys_to_expand <= 2 * n_tokens;
+  }
+};
+
+// The routed experts of one MoE layer, over "slots" (token, k) grouped by expert: active expert i owns
+// slots [begin[i], begin[i] + count[i]), and slot_token[s] is the row of x that slot s reads. For
+// every slot: y[s] = down_i(silu(gate_i · x[slot_token[s]]) ⊙ (up_i · x[slot_token[s]])).
+struct MoeExpertsArgs {
+  const float* x = nullptr;  // [T, D]
+  int64_t T = 0, D = 0, I = 0;  // tokens, hidden size, expert intermediate size
+  const int32_t* slot_token = nullptr;  // [S]
+  int64_t n_active = 0;                 // experts with slots, in the order to schedule them
+  const int64_t* begin = nullptr;       // [n_active]
+  const int64_t* count = nullptr;       // [n_active]
+  const WeightView* gate = nullptr;     // [n_active] [I, D]
+  const WeightView* up = nullptr;       // [n_active] [I, D]
+  const WeightView* down = nullptr;     // [n_active] [D, I]
+  float* gathered = nullptr;            // scratch [S, D]
+  float* g = nullptr;                   // scratch [S, I]
+  float* u = nullptr;                   // scratch [S, I]
+  float* y = nullptr;                   // [S, D] output
 };
 
 class Backend {
@@ -89,6 +129,17 @@ class Backend {
     for (int64_t i = 0; i < count; ++i) Linear(w[i], x + i * x_step, ldx, M, y + i * y_step, ldy);
   }
 
+  // Several weights on one input: y[i][m, 0:w[i].rows] = w[i] · x[m, 0:cols] for i < count (all w[i]
+  // have the same cols), rows strided by ldx and ldy[i]. Backends may share work on x between them.
+  virtual void LinearSameInput(const WeightView* w, int64_t count, const float* x, int64_t ldx, int64_t M,
+                               float* const* y, const int64_t* ldy) const {
+    for (int64_t i = 0; i < count; ++i) Linear(w[i], x, ldx, M, y[i], ldy[i]);
+  }
+
+  // The routed experts of an MoE layer (MoeExpertsArgs). The default gathers each expert's rows into
+  // a.gathered and runs LinearSameInput (gate, up), SiluMul and Linear (down) on them.
+  virtual void MoeExperts(const MoeExpertsArgs& a) const;
+
   // y[m] = w ⊙ x[m] / sqrt(mean(x[m]²) + eps), n values per row.
   virtual void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,
                        int64_t ldy) const = 0;
@@ -102,6 +153,13 @@ class Backend {
   virtual void SiluMul(const float* gate, const float* up, float* out, int64_t n) const = 0;
 
   virtual void MlaAttention(const MlaAttentionArgs& args) const = 0;
+
+ protected:
+  // Runs run_expert(i) for every active expert i: concurrently, one expert per thread, when there are
+  // at least two per thread (the kernels' own parallel regions then nest inactive: one fork/join per
+  // layer, and a descheduled thread holds up one expert rather than every matmul); otherwise in
+  // order, each kernel splitting its work. Exceptions (std::bad_alloc) reach the caller.
+  void ForEachExpert(int64_t n_active, const std::function<void(int64_t)>& run_expert) const;
 };
 
 // Backend registry: "cpu" and "reference" are built in.

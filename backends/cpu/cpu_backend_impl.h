@@ -45,6 +45,9 @@ class CpuBackend final : public Backend {
                int64_t ldy) const override;
   void Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, int64_t stride_vec, const int32_t* positions,
             const float* inv_freq, int64_t half, float attention_factor) const override;
+  void LinearSameInput(const WeightView* w, int64_t count, const float* x, int64_t ldx, int64_t M, float* const* y,
+                       const int64_t* ldy) const override;
+  void MoeExperts(const MoeExpertsArgs& a) const override;
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) const override;
   void MlaAttention(const MlaAttentionArgs& args) const override;
 
@@ -67,6 +70,7 @@ class CpuBackend final : public Backend {
                  bool round_bf16) const;
   void LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   void LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
+  bool SharesInt8Input(const WeightView* w, int64_t count, int64_t M, const float* x, int64_t ldx) const;
   const uint16_t* FindBf16Copy(const WeightView& w) const;
   const uint8_t* FindF8Flags(const WeightView& w) const;
   void PrepareF8Flags(const WeightView& w);

@@ -152,6 +152,30 @@ void CpuBackend::LinearOwn(const WeightView& w, const float* x, int64_t ldx, int
   }
 }
 
+namespace {
+
+// Per-thread int8 activation scratch, 64-byte aligned, grown to the largest call seen: slot 0 for
+// LinearQ8 / LinearSameInput, slot 1 for an expert's gathered rows (held while its down projection
+// uses slot 0). Throws std::bad_alloc.
+q8::ActivationBuffers ThreadActivations(int slot, int64_t M, int64_t K) {
+  constexpr size_t kAlign = 64;
+  struct Free {
+    void operator()(void* p) const { AlignedFree(p, kAlign); }
+  };
+  thread_local std::unique_ptr<void, Free> scratch[2];
+  thread_local int64_t scratch_bytes[2] = {0, 0};
+  const int64_t need = q8::ActivationBytes(M, K);
+  if (scratch_bytes[slot] < need) {
+    const int64_t bytes = (need + 63) / 64 * 64;
+    scratch[slot].reset(AlignedAlloc(kAlign, static_cast<size_t>(bytes)));
+    scratch_bytes[slot] = scratch[slot] ? bytes : 0;
+    if (!scratch[slot]) throw std::bad_alloc();
+  }
+  return q8::CarveActivations(scratch[slot].get(), M, K);
+}
+
+}  // namespace
+
 // q8_panel weights: f32 precision widens them exactly (q8::LinearF32); bf16 precision runs the int8
 // path (activations quantised per 128-column group, runtime/core/q8_panel.h) on VNNI / AMX.
 void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const {
@@ -161,21 +185,7 @@ void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int6
     (simd ? q8::LinearF32 : q8::LinearF32Scalar)(w, x, ldx, M, y, ldy);
     return;
   }
-  // Per-thread activation scratch, 64-byte aligned, grown to the largest call seen.
-  constexpr size_t kAlign = 64;
-  struct Free {
-    void operator()(void* p) const { AlignedFree(p, kAlign); }
-  };
-  thread_local std::unique_ptr<void, Free> scratch;
-  thread_local int64_t scratch_bytes = 0;
-  const int64_t need = q8::ActivationBytes(M, w.cols);
-  if (scratch_bytes < need) {
-    const int64_t bytes = (need + 63) / 64 * 64;
-    scratch.reset(AlignedAlloc(kAlign, static_cast<size_t>(bytes)));
-    scratch_bytes = scratch ? bytes : 0;
-    if (!scratch) throw std::bad_alloc();
-  }
-  const q8::ActivationBuffers a = q8::CarveActivations(scratch.get(), M, w.cols);
+  const q8::ActivationBuffers a = ThreadActivations(0, M, w.cols);
   if (simd) {
     q8::QuantizeActivations(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
     q8::LinearInt8(w, a.xq, a.xs, a.xsum, M, y, ldy);
@@ -183,6 +193,67 @@ void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int6
     q8::QuantizeActivationsScalar(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
     q8::LinearInt8Scalar(w, a.xq, a.xs, a.xsum, M, y, ldy);
   }
+}
+
+// True when Linear would run these weights on the int8 SIMD path with x quantised the same way for
+// each: then the quantisation can be shared.
+bool CpuBackend::SharesInt8Input(const WeightView* w, int64_t count, int64_t M, const float* x, int64_t ldx) const {
+  if (precision_ != Precision::kBF16 || !features_.avx512 || M <= 0 || count <= 0) return false;
+  for (int64_t i = 0; i < count; ++i)
+    if (w[i].dtype != DType::kQ8Panel || w[i].cols != w[0].cols || w[i].cols == 0 || w[i].rows == 0 ||
+        !ValidLinearArgs(w[i], x, ldx, M, x, w[i].rows))
+      return false;
+  return true;
+}
+
+void CpuBackend::LinearSameInput(const WeightView* w, int64_t count, const float* x, int64_t ldx, int64_t M,
+                                 float* const* y, const int64_t* ldy) const {
+  bool shared = SharesInt8Input(w, count, M, x, ldx);
+  for (int64_t i = 0; shared && i < count; ++i) shared = y[i] && (M == 1 || ldy[i] >= w[i].rows);
+  if (!shared) {
+    Backend::LinearSameInput(w, count, x, ldx, M, y, ldy);
+    return;
+  }
+  // One quantisation of x for all of them: the same bytes each Linear would have made.
+  const q8::ActivationBuffers a = ThreadActivations(0, M, w[0].cols);
+  q8::QuantizeActivations(x, ldx, M, w[0].cols, a.xq, a.xs, a.xsum);
+  for (int64_t i = 0; i < count; ++i) q8::LinearInt8(w[i], a.xq, a.xs, a.xsum, M, y[i], M == 1 ? w[i].rows : ldy[i]);
+}
+
+// Int8 path: each token's row is quantised once for the layer, not once per selected expert and
+// matrix (gate and up); an expert gathers its rows' quantised bytes (a quarter of the f32 row).
+// Every number is the same as the default's: quantisation is per row.
+void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
+  bool int8 = a.n_active > 0 && a.T > 0;
+  for (int64_t i = 0; int8 && i < a.n_active; ++i) {
+    const WeightView w[2] = {a.gate[i], a.up[i]};
+    int8 = SharesInt8Input(w, 2, a.T, a.x, a.D);
+  }
+  if (!int8) {
+    Backend::MoeExperts(a);
+    return;
+  }
+  const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
+  constexpr size_t kAlign = 64;
+  const size_t bytes = static_cast<size_t>((q8::ActivationBytes(a.T, D) + 63) / 64 * 64);
+  std::unique_ptr<void, void (*)(void*)> all_mem(AlignedAlloc(kAlign, bytes), [](void* p) { AlignedFree(p, kAlign); });
+  if (!all_mem) throw std::bad_alloc();
+  const q8::ActivationBuffers all = q8::CarveActivations(all_mem.get(), a.T, D);
+  q8::QuantizeActivations(a.x, D, a.T, D, all.xq, all.xs, all.xsum);
+  ForEachExpert(a.n_active, [&](int64_t i) {
+    const int64_t o = a.begin[i], m = a.count[i];
+    const q8::ActivationBuffers b = ThreadActivations(1, m, D);
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t t = a.slot_token[o + r];
+      std::memcpy(b.xq + r * stride, all.xq + t * stride, static_cast<size_t>(stride));
+      std::memcpy(b.xs + r * G, all.xs + t * G, static_cast<size_t>(G) * sizeof(float));
+      std::memcpy(b.xsum + r * G, all.xsum + t * G, static_cast<size_t>(G) * sizeof(int32_t));
+    }
+    q8::LinearInt8(a.gate[i], b.xq, b.xs, b.xsum, m, a.g + o * I, I);
+    q8::LinearInt8(a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I);
+    SiluMul(a.g + o * I, a.u + o * I, a.g + o * I, m * I);
+    Linear(a.down[i], a.g + o * I, I, m, a.y + o * D, D);
+  });
 }
 
 void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y,

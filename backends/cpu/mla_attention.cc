@@ -5,7 +5,8 @@
 // read the same cache rows, so an item walks the keys in blocks that stay in L2 while every head
 // uses them, instead of streaming the cache once per head. With fewer tokens than threads (decode)
 // each token's keys are split into spans whose softmax partials are merged afterwards, so that the
-// threads share the cache reads rather than each streaming all of them.
+// threads share the cache reads rather than each streaming all of them. The values path of prefill
+// (MlaAttentionArgs::values) is in mla_values.cc.
 #include "backends/cpu/simd_avx512.h"  // first: see there
 #include <omp.h>
 
@@ -18,11 +19,16 @@
 #include <vector>
 
 #include "backends/cpu/cpu_backend_impl.h"
+#include "backends/cpu/mla_attention_impl.h"
 #include "runtime/core/log.h"
 
 namespace moerun::cpu {
 
 namespace {
+
+using mla::g_log_budget;
+using mla::TailMask;
+using mla::TransposeQueries;
 
 // 64 cache rows of 576 floats = 147 KiB: an L2-resident block reused by every head of the group.
 constexpr int64_t kKeyBlock = 64;
@@ -33,9 +39,6 @@ constexpr int64_t kMaxSpans = 16;
 // How many keys ahead the accumulation prefetches the rows' slices.
 constexpr int64_t kPrefetchKeys = 6;
 
-inline __mmask16 TailMask(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
-}
 
 // Per-thread scratch, grown to the longest sequence seen: the scores of a head group and the cache
 // row of every key. On the heap, so long contexts cannot overflow a thread's stack.
@@ -295,25 +298,6 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
   }
 }
 
-// qt[g, c, h % 16] = (c < R ? q_latent[h, c] : q_rope[h, c - R]) for the heads h of group g,
-// zero past the last head.
-__attribute__((target("avx512f,fma"))) void TransposeQueries(const float* ql, const float* qr, int64_t H, int64_t R,
-                                                              int64_t P, float* qt) {
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i idx_l = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(R)));
-  const __m512i idx_r = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(P)));
-  for (int64_t g0 = 0; g0 < H; g0 += 16) {
-    const __mmask16 m = TailMask(H - g0);
-    const float* l = ql + g0 * R;
-    for (int64_t c = 0; c < R; ++c, qt += 16)
-      _mm512_storeu_ps(qt, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx_l, l + c, 4));
-    const float* r = qr + g0 * P;
-    for (int64_t c = 0; c < P; ++c, qt += 16)
-      _mm512_storeu_ps(qt, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx_r, r + c, 4));
-  }
-}
-
-std::atomic<int> g_log_budget{20};
 
 // Keys [j0, j1) of token t, all heads. False when scratch could not be allocated (logged).
 bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool avx, const Partial& p) {
@@ -382,13 +366,21 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
     return;
   }
   const int64_t T = a.n_tokens, H = a.n_heads, R = c.kv_rank;
+  if (a.values && a.v_dim <= 0) {
+    if (g_log_budget.fetch_sub(1) > 0) Log(LogLevel::kError, "cpu backend: MlaAttention called with v_dim <= 0");
+    return;
+  }
   int64_t keys = 0, most = 0;
   for (int64_t t = 0; t < T; ++t) {
     keys += std::max<int32_t>(a.n_keys[t], 0);
     most = std::max<int64_t>(most, a.n_keys[t]);
   }
-  const bool parallel = keys * H * (2 * R + c.rope_dim) >= kMinParallelWork;
+  const bool parallel = keys * H * (c.row_width() + (a.values ? a.v_dim : R)) >= kMinParallelWork;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
+  if (a.values) {
+    mla::AttendValues(a, features_.avx512, parallel);
+    return;
+  }
   // Few tokens (decode): split each token's keys into spans, so that the threads share the reads of
   // its cache rows instead of each streaming all of them, and merge the spans' softmax afterwards.
   const int64_t spans =

@@ -25,6 +25,16 @@ void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
       }
       double sum = 0.0;
       for (int64_t j = 0; j < n; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+      if (a.values) {  // values path
+        const int64_t dv = a.v_dim;
+        float* o = a.out + (t * a.n_heads + h) * dv;
+        for (int64_t i = 0; i < dv; ++i) {
+          double acc = 0.0;
+          for (int64_t j = 0; j < n; ++j) acc += scores[j] * a.values[t][h * a.v_head_stride + j * dv + i];
+          o[i] = static_cast<float>(acc / sum);
+        }
+        continue;
+      }
       float* o = a.out + (t * a.n_heads + h) * R;
       for (int64_t i = 0; i < R; ++i) {
         double acc = 0.0;

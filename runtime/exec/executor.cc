@@ -57,6 +57,7 @@ void Session::Forward(int64_t T) {
         RunMoe(*n.moe, in, out, T);
         break;
       case fb::Op::ResidualAdd:
+#pragma omp parallel for schedule(static) if (T * D >= (1 << 18))
         for (int64_t i = 0; i < T * D; ++i) out[i] += in[i];
         break;
       case fb::Op::LmHead:
@@ -117,13 +118,38 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   a.token_pages = token_pages_.data();
   a.n_keys = n_keys_.data();
   a.scale = model_->softmax_scale();
-  a.out = Scratch(kAttnOut, T * H * R);
-  be.MlaAttention(a);
-
-  // Values: o[t, h] = W_UV^h ō[t, h], heads concatenated, then o_proj.
   float* heads = Scratch(kHeads, T * H * dv);
   for (int64_t h = 0; h < H; ++h) head_views_[h] = w.uv.At(h);
-  be.LinearBatch(head_views_.data(), H, a.out, R, H * R, T, heads, dv, H * dv);
+
+  // Values path (prefill, MlaAttentionArgs::PreferValues): every key of the batch's sequences, up to
+  // each sequence's last token in the batch, is expanded once, V[j, h] = W_UV^h ĉ_j, and attention
+  // writes the heads directly. The key latents are gathered from the cache into kKv (its rows are in
+  // the cache already) and V goes to kAttnOut, which the latent path's output would use.
+  const int64_t n_seq = cache_.max_sequences();
+  std::vector<int64_t> seq_first(static_cast<size_t>(n_seq + 1), 0);  // may throw bad_alloc: Decode reports it
+  for (int64_t t = 0; t < T; ++t) seq_first[seq_of_[t] + 1] = std::max<int64_t>(seq_first[seq_of_[t] + 1], n_keys_[t]);
+  for (int64_t s = 0; s < n_seq; ++s) seq_first[s + 1] += seq_first[s];
+  const int64_t K = seq_first[n_seq];
+  if (MlaAttentionArgs::PreferValues(T, K)) {
+    float* keys = Scratch(kKv, K * R);
+    for (int64_t s = 0; s < n_seq; ++s)
+      for (int64_t j = 0; j < seq_first[s + 1] - seq_first[s]; ++j)
+        std::memcpy(keys + (seq_first[s] + j) * R, a.cache.Row(cache_.pages(s), j), R * sizeof(float));
+    float* v = Scratch(kAttnOut, H * K * dv);  // [H, K, dv]
+    be.LinearBatch(head_views_.data(), H, keys, 0, R, K, v, K * dv, dv);
+    std::vector<const float*> token_values(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) token_values[t] = v + seq_first[seq_of_[t]] * dv;
+    a.values = token_values.data();
+    a.v_dim = dv;
+    a.v_head_stride = K * dv;
+    a.out = heads;
+    be.MlaAttention(a);
+  } else {
+    a.out = Scratch(kAttnOut, T * H * R);
+    be.MlaAttention(a);
+    // Values: o[t, h] = W_UV^h ō[t, h], heads concatenated.
+    be.LinearBatch(head_views_.data(), H, a.out, R, H * R, T, heads, dv, H * dv);
+  }
   be.Linear(w.o, heads, H * dv, T, y, D);
 }
 
@@ -132,8 +158,10 @@ void Session::RunMlp(const MlpWeights& w, const float* x, float* y, int64_t T) {
   const int64_t D = w.gate.cols, I = w.gate.rows;
   float* g = Scratch(kGate, T * I);
   float* u = Scratch(kUp, T * I);
-  be.Linear(w.gate, x, D, T, g, I);
-  be.Linear(w.up, x, D, T, u, I);
+  const WeightView gate_up[2] = {w.gate, w.up};
+  float* const gu[2] = {g, u};
+  const int64_t ld[2] = {I, I};
+  be.LinearSameInput(gate_up, 2, x, D, T, gu, ld);
   be.SiluMul(g, u, g, T * I);
   be.Linear(w.down, g, I, T, y, D);
 }
@@ -190,35 +218,33 @@ void Session::RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T) {
     std::memset(y, 0, static_cast<size_t>(T * D) * sizeof(float));
   }
   const int64_t S = T * K;
-  float* xs = Scratch(kGathered, S * D);
-  float* g = Scratch(kGate, S * I);
-  float* u = Scratch(kUp, S * I);
-  float* ys = Scratch(kExpertOut, S * D);
   const int64_t n_active = static_cast<int64_t>(active_experts_.size());
-#pragma omp parallel for schedule(static) if (S * D >= (1 << 16))
-  for (int64_t i = 0; i < S; ++i) std::memcpy(xs + i * D, x + slot_token_[i] * D, D * sizeof(float));
-  // Experts run concurrently, each on one thread (the kernels' own parallel regions nest inactive):
-  // one fork/join per layer instead of three per expert, and a thread that is descheduled holds
-  // up one expert rather than every matmul. With fewer experts than threads, the kernels split rows.
-  const bool across = n_active >= 2 * omp_get_max_threads();
-  auto run_expert = [&](int64_t i) {
+  for (int64_t i = 0; i < n_active; ++i) {
     const int32_t e = active_experts_[i];
-    const int64_t o = expert_offset_[e], m = expert_offset_[e + 1] - o;
-    be.Linear(w.gate.At(e), xs + o * D, D, m, g + o * I, I);
-    be.Linear(w.up.At(e), xs + o * D, D, m, u + o * I, I);
-    be.SiluMul(g + o * I, u + o * I, g + o * I, m * I);
-    be.Linear(w.down.At(e), g + o * I, I, m, ys + o * D, D);
-  };
-  if (across) {
-    ParallelErrors errors;  // the kernels throw std::bad_alloc, which must not leave the region
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_active; ++i) {
-      if (!errors.failed()) errors.Capture([&] { run_expert(i); });
-    }
-    errors.Rethrow();
-  } else {
-    for (int64_t i = 0; i < n_active; ++i) run_expert(i);
+    active_begin_[i] = expert_offset_[e];
+    active_count_[i] = expert_offset_[e + 1] - expert_offset_[e];
+    active_gate_[i] = w.gate.At(e);
+    active_up_[i] = w.up.At(e);
+    active_down_[i] = w.down.At(e);
   }
+  MoeExpertsArgs a;
+  a.x = x;
+  a.T = T;
+  a.D = D;
+  a.I = I;
+  a.slot_token = slot_token_.data();
+  a.n_active = n_active;
+  a.begin = active_begin_.data();
+  a.count = active_count_.data();
+  a.gate = active_gate_.data();
+  a.up = active_up_.data();
+  a.down = active_down_.data();
+  a.gathered = Scratch(kGathered, S * D);
+  a.g = Scratch(kGate, S * I);
+  a.u = Scratch(kUp, S * I);
+  a.y = Scratch(kExpertOut, S * D);
+  be.MoeExperts(a);
+  const float* ys = a.y;
   // y[t] += Σ_k weight[t, k] · expert output, in k order.
 #pragma omp parallel for schedule(static) if (S * D >= (1 << 16))
   for (int64_t t = 0; t < T; ++t) {

@@ -25,6 +25,11 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
     s->expert_offset_.resize(c.n_routed_experts + 1);
     s->expert_next_.resize(c.n_routed_experts);
     s->active_experts_.reserve(c.n_routed_experts);
+    s->active_begin_.resize(c.n_routed_experts);
+    s->active_count_.resize(c.n_routed_experts);
+    s->active_gate_.resize(c.n_routed_experts);
+    s->active_up_.resize(c.n_routed_experts);
+    s->active_down_.resize(c.n_routed_experts);
   } catch (const std::bad_alloc&) {
     return OutOfMemory("allocating session buffers");
   }

@@ -76,6 +76,9 @@ class Session {
   std::vector<int32_t> slot_of_;         // [T * K]: slot of (token, k)
   std::vector<int32_t> slot_token_;      // [T * K]: token of a slot
   std::vector<WeightView> head_views_;  // one per attention head, for LinearBatch
+  // Per active expert (at most E): its first slot, slot count and gate, up, down weights.
+  std::vector<int64_t> active_begin_, active_count_;
+  std::vector<WeightView> active_gate_, active_up_, active_down_;
 };
 
 }  // namespace moerun

@@ -1,0 +1,80 @@
+// Pieces shared by the CPU backend's two MLA attention files: mla_attention.cc (the latent path,
+// decode and long-context chunks) and mla_values.cc (the values path of prefill).
+#pragma once
+
+#include "backends/cpu/simd_avx512.h"  // first: see there
+
+#include <atomic>
+#include <cstdint>
+
+#include "backends/backend.h"
+
+namespace moerun::cpu::mla {
+
+inline __mmask16 TailMask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+__attribute__((target("avx512f"), always_inline)) inline __m512 UnpackLoPd(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+__attribute__((target("avx512f"), always_inline)) inline __m512 UnpackHiPd(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+// dst[c·16 + i] = src[i·lds + c] for i, c < 16: a 16 x 16 transpose in registers.
+__attribute__((target("avx512f"))) inline void Transpose16x16(const float* src, int64_t lds, float* dst) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = UnpackLoPd(t[i], t[i + 2]);
+    r[i + 1] = UnpackHiPd(t[i], t[i + 2]);
+    r[i + 2] = UnpackLoPd(t[i + 1], t[i + 3]);
+    r[i + 3] = UnpackHiPd(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int k = 0; k < 4; ++k) {
+      t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + 4 + k], 0x88);
+      t[i + 4 + k] = _mm512_shuffle_f32x4(r[i + k], r[i + 4 + k], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * 16, r[i]);
+}
+
+// qt[g, c, h % 16] = (c < R ? q_latent[h, c] : q_rope[h, c - R]) for the heads h of group g,
+// zero past the last head.
+__attribute__((target("avx512f,fma"))) inline void TransposeQueries(const float* ql, const float* qr, int64_t H, int64_t R,
+                                                              int64_t P, float* qt) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i idx_l = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(R)));
+  const __m512i idx_r = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(P)));
+  for (int64_t g0 = 0; g0 < H; g0 += 16) {
+    const __mmask16 m = TailMask(H - g0);
+    const bool full = H - g0 >= 16;  // whole 16 x 16 blocks transposed in registers
+    const float* l = ql + g0 * R;
+    int64_t c = 0;
+    for (; full && c + 16 <= R; c += 16, qt += 256) Transpose16x16(l + c, R, qt);
+    for (; c < R; ++c, qt += 16)
+      _mm512_storeu_ps(qt, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx_l, l + c, 4));
+    const float* r = qr + g0 * P;
+    for (c = 0; full && c + 16 <= P; c += 16, qt += 256) Transpose16x16(r + c, P, qt);
+    for (; c < P; ++c, qt += 16)
+      _mm512_storeu_ps(qt, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx_r, r + c, 4));
+  }
+}
+
+// Rate limit of the attention's error log lines (both files).
+inline std::atomic<int> g_log_budget{20};
+
+// The values path (MlaAttentionArgs::values): out [T, H, v_dim]. Throws std::bad_alloc when scratch
+// could not be allocated, after its parallel region.
+void AttendValues(const MlaAttentionArgs& a, bool avx, bool parallel);
+
+}  // namespace moerun::cpu::mla
