@@ -18,28 +18,15 @@
 #include "runtime/format/model_file.h"
 #include "runtime/model/model.h"
 #include "tests/unit/tiny_model.h"
+#include "tests/unit/numeric_test_util.h"
 
 namespace moerun {
 namespace {
 
 constexpr float kSentinel = 12345.0f;
 
-double RelL2(const float* got, const float* want, size_t n) {
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(got[i]) - want[i];
-    num += d * d;
-    den += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
-
-std::vector<float> RandomVector(size_t n, std::mt19937& rng, float sd = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, sd);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::RandomVector;
+using test::RelL2;
 
 struct CpuVariant {
   std::string name;

@@ -10,25 +10,20 @@
 #include <vector>
 
 #include "backends/backend.h"
+#include "tests/unit/numeric_test_util.h"
 #include "tests/unit/q8_test_util.h"
 
 namespace moerun {
 namespace {
 
 using test::Q8Weight;
+using test::RandomVector;
 using test::RandomWeight;
 
 std::unique_ptr<Backend> Bf16Cpu() {
   auto b = CreateBackend("cpu", Precision::kBF16);
   EXPECT_TRUE(b.ok());
   return b.ok() ? std::move(b).value() : nullptr;
-}
-
-std::vector<float> Normal(int64_t n, std::mt19937& rng) {
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = d(rng);
-  return v;
 }
 
 TEST(MoeExperts, CpuInt8PathMatchesDefaultBitForBit) {
@@ -57,7 +52,7 @@ TEST(MoeExperts, CpuInt8PathMatchesDefaultBitForBit) {
   }
   std::vector<int32_t> slot_token(static_cast<size_t>(S));
   for (int64_t s = 0; s < S; ++s) slot_token[s] = static_cast<int32_t>((s * 7 + 3) % T);
-  const std::vector<float> x = Normal(T * D, rng);
+  const std::vector<float> x = RandomVector(T * D, rng);
   for (int threads : {1, 2}) {
     omp_set_num_threads(threads);
     std::vector<float> y[2];
@@ -101,7 +96,7 @@ TEST(MoeExperts, CpuLinearSameInputMatchesSeparateLinears) {
     constexpr int64_t K = 260, ldx = 270;
     const Q8Weight a = RandomWeight(96, K, rng), b = RandomWeight(33, K, rng);
     const WeightView w[2] = {a.view(), b.view()};
-    const std::vector<float> x = Normal(M * ldx, rng);
+    const std::vector<float> x = RandomVector(M * ldx, rng);
     std::vector<float> ya(M * 100, -1.0f), yb(M * 40, -1.0f), ra(M * 100, -1.0f), rb(M * 40, -1.0f);
     float* const y[2] = {ya.data(), yb.data()};
     const int64_t ldy[2] = {100, 40};

@@ -9,19 +9,13 @@
 #include "runtime/exec/session.h"
 #include "runtime/format/model_file.h"
 #include "runtime/model/model.h"
+#include "tests/unit/numeric_test_util.h"
 #include "tests/unit/tiny_model.h"
 
 namespace moerun {
 namespace {
 
-double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using test::RelL2;
 
 std::shared_ptr<Model> LoadTiny(const testing::TinyModelOptions& o, const std::string& backend, Precision p) {
   const std::string path = testing::TempDir("runtime") + "/tiny_" + std::to_string(o.seed) + "_" +
