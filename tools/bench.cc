@@ -170,9 +170,9 @@ class Bench {
       const int max_batch = *std::max_element(o_.batches.begin(), o_.batches.end());
       moerun_session* s = NewSession(threads, static_cast<uint32_t>(max_batch * (o_.prompt + o_.gen + 1)), max_batch);
       if (!s) return Fail(err, "creating session");
-      // This host's speed drifts by 2x over minutes (the probe alone gave 750 and 1600 GOP/s on one
-      // thread within a minute), so each prefill is judged against GEMM probes taken right before
-      // and right after it, the faster of the two (the once-per-run probe above is reported too).
+      // This host's speed drifts over minutes, so each prefill is judged against GEMM probes taken
+      // right before and right after it, the faster of the two (the once-per-run probe above is
+      // reported too).
       auto probe_now = [&] { return int8_path ? GemmPeakInt8(threads) : GemmPeakBf16(threads); };
       const double probe_before = probe_now();
       const double p0 = Now();

@@ -156,14 +156,15 @@ namespace {
 
 // Per-thread int8 activation scratch, 64-byte aligned, grown to the largest call seen: slot 0 for
 // LinearQ8 / LinearSameInput, slot 1 for an expert's gathered rows (held while its down projection
-// uses slot 0). Throws std::bad_alloc.
+// uses slot 0), slot 2 for MoeExperts' quantised tokens (read by every thread of its experts while
+// the calling thread holds it). Throws std::bad_alloc.
 q8::ActivationBuffers ThreadActivations(int slot, int64_t M, int64_t K) {
   constexpr size_t kAlign = 64;
   struct Free {
     void operator()(void* p) const { AlignedFree(p, kAlign); }
   };
-  thread_local std::unique_ptr<void, Free> scratch[2];
-  thread_local int64_t scratch_bytes[2] = {0, 0};
+  thread_local std::unique_ptr<void, Free> scratch[3];
+  thread_local int64_t scratch_bytes[3] = {0, 0, 0};
   const int64_t need = q8::ActivationBytes(M, K);
   if (scratch_bytes[slot] < need) {
     const int64_t bytes = (need + 63) / 64 * 64;
@@ -234,11 +235,7 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
     return;
   }
   const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
-  constexpr size_t kAlign = 64;
-  const size_t bytes = static_cast<size_t>((q8::ActivationBytes(a.T, D) + 63) / 64 * 64);
-  std::unique_ptr<void, void (*)(void*)> all_mem(AlignedAlloc(kAlign, bytes), [](void* p) { AlignedFree(p, kAlign); });
-  if (!all_mem) throw std::bad_alloc();
-  const q8::ActivationBuffers all = q8::CarveActivations(all_mem.get(), a.T, D);
+  const q8::ActivationBuffers all = ThreadActivations(2, a.T, D);
   q8::QuantizeActivations(a.x, D, a.T, D, all.xq, all.xs, all.xsum);
   ForEachExpert(a.n_active, [&](int64_t i) {
     const int64_t o = a.begin[i], m = a.count[i];

@@ -126,7 +126,8 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   // writes the heads directly. The key latents are gathered from the cache into kKv (its rows are in
   // the cache already) and V goes to kAttnOut, which the latent path's output would use.
   const int64_t n_seq = cache_.max_sequences();
-  std::vector<int64_t> seq_first(static_cast<size_t>(n_seq + 1), 0);  // may throw bad_alloc: Decode reports it
+  std::vector<int64_t>& seq_first = seq_first_key_;  // sized n_seq + 1 at creation
+  std::fill(seq_first.begin(), seq_first.end(), 0);
   for (int64_t t = 0; t < T; ++t) seq_first[seq_of_[t] + 1] = std::max<int64_t>(seq_first[seq_of_[t] + 1], n_keys_[t]);
   for (int64_t s = 0; s < n_seq; ++s) seq_first[s + 1] += seq_first[s];
   const int64_t K = seq_first[n_seq];
@@ -137,9 +138,9 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
         std::memcpy(keys + (seq_first[s] + j) * R, a.cache.Row(cache_.pages(s), j), R * sizeof(float));
     float* v = Scratch(kAttnOut, H * K * dv);  // [H, K, dv]
     be.LinearBatch(head_views_.data(), H, keys, 0, R, K, v, K * dv, dv);
-    std::vector<const float*> token_values(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) token_values[t] = v + seq_first[seq_of_[t]] * dv;
-    a.values = token_values.data();
+    token_values_.resize(static_cast<size_t>(T));  // may throw bad_alloc: Decode reports it
+    for (int64_t t = 0; t < T; ++t) token_values_[t] = v + seq_first[seq_of_[t]] * dv;
+    a.values = token_values_.data();
     a.v_dim = dv;
     a.v_head_stride = K * dv;
     a.out = heads;

@@ -30,6 +30,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
     s->active_gate_.resize(c.n_routed_experts);
     s->active_up_.resize(c.n_routed_experts);
     s->active_down_.resize(c.n_routed_experts);
+    s->seq_first_key_.resize(static_cast<size_t>(s->cache_.max_sequences()) + 1);
   } catch (const std::bad_alloc&) {
     return OutOfMemory("allocating session buffers");
   }

@@ -79,6 +79,10 @@ class Session {
   // Per active expert (at most E): its first slot, slot count and gate, up, down weights.
   std::vector<int64_t> active_begin_, active_count_;
   std::vector<WeightView> active_gate_, active_up_, active_down_;
+  // MLA values path: [max_sequences + 1] first key of each sequence in the expanded keys, and [T]
+  // each token's values.
+  std::vector<int64_t> seq_first_key_;
+  std::vector<const float*> token_values_;
 };
 
 }  // namespace moerun
