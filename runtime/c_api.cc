@@ -2,6 +2,7 @@
 // Every entry point catches everything; no exception crosses the boundary.
 #include "moerun/moerun.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <string>
@@ -89,8 +90,14 @@ moerun_status FinishLoad(moerun::Result<std::shared_ptr<moerun::ModelFile>> file
   int precision = 0;
   static_assert(sizeof(precision) == sizeof(o.precision), "enum size");
   std::memcpy(&precision, &o.precision, sizeof(precision));
-  if (precision != MOERUN_PRECISION_F32 && precision != MOERUN_PRECISION_BF16)
+  if (precision != MOERUN_PRECISION_F32 && precision != MOERUN_PRECISION_BF16 && precision != MOERUN_PRECISION_AUTO)
     return Fail(StatusCode::kInvalidArgument, "unknown precision " + std::to_string(precision));
+  if (precision == MOERUN_PRECISION_AUTO) {
+    const auto& tensors = file.value()->tensors();
+    const bool int8 = std::any_of(tensors.begin(), tensors.end(),
+                                  [](const moerun::TensorInfo& t) { return t.dtype == moerun::DType::kQ8Panel; });
+    precision = int8 ? MOERUN_PRECISION_BF16 : MOERUN_PRECISION_F32;
+  }
   if (o.n_threads < 0) return Fail(StatusCode::kInvalidArgument, "n_threads must be >= 0");
   const std::string backend = o.backend ? o.backend : "cpu";
   auto model = moerun::Model::Create(std::move(file).value(), backend, static_cast<moerun::Precision>(precision),
@@ -183,7 +190,7 @@ MOERUN_API void moerun_model_options_init(moerun_model_options* o) {
   if (!o) return;
   std::memset(o, 0, sizeof(*o));
   o->struct_size = sizeof(*o);
-  o->precision = MOERUN_PRECISION_F32;
+  o->precision = MOERUN_PRECISION_AUTO;
 }
 
 MOERUN_API moerun_status moerun_model_load(const char* path, const moerun_model_options* options,
@@ -248,6 +255,8 @@ MOERUN_API moerun_status moerun_model_get_info(const moerun_model* model, moerun
     i.kv_bytes_per_token = model->model->kv_bytes_per_token();
     i.weight_bytes = model->model->file().weights_size();
     i.has_mtp = model->model->has_mtp() ? 1 : 0;
+    i.precision = model->model->backend().precision() == moerun::Precision::kBF16 ? MOERUN_PRECISION_BF16
+                                                                                    : MOERUN_PRECISION_F32;
     const size_t n = out_info->struct_size;
     std::memcpy(static_cast<void*>(out_info), &i, n);
     out_info->struct_size = n;

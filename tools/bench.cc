@@ -117,7 +117,8 @@ struct Options {
   int64_t prompt = 64, gen = 32, repeat = 5, probe_mib = 1024, context = 0;
   std::vector<int> threads = {1, 2};
   std::vector<int> batches = {1};
-  std::string precision = "f32", backend = "cpu";
+  moerun_precision precision = MOERUN_PRECISION_AUTO;
+  std::string backend = "cpu";
   bool json = false;
 };
 
@@ -125,6 +126,8 @@ class Bench {
  public:
   explicit Bench(const Options& o) : o_(o) {}
   ~Bench() { moerun_model_destroy(model_); }
+  // The precision the runs used (what --precision auto resolved to), once Run has loaded the model.
+  moerun_precision precision() const { return precision_; }
 
   // One thread count: load, probes, then prefill/decode runs. Appends a JSON object to out.
   bool Run(int threads, const ActiveWork& work, uint32_t vocab, uint64_t kv_bytes_per_token, std::string* out,
@@ -137,16 +140,20 @@ class Bench {
     // Prefill is judged against the GEMM that its matmuls are: int8 for q8_panel weights at bf16
     // precision, bf16 otherwise (the f32 path has no faster floor than that either).
     const double peak_bf16 = GemmPeakBf16(threads), peak_int8 = GemmPeakInt8(threads);
-    const bool int8_path = work.q8_weights && o_.precision == "bf16";
-    const double peak = int8_path ? peak_int8 : peak_bf16;
     moerun_model_options mo;
     moerun_model_options_init(&mo);
     mo.backend = o_.backend.c_str();
-    mo.precision = o_.precision == "bf16" ? MOERUN_PRECISION_BF16 : MOERUN_PRECISION_F32;
+    mo.precision = o_.precision;
     mo.n_threads = threads;
     const double l0 = Now();
     if (moerun_model_load(o_.path.c_str(), &mo, &model_) != MOERUN_OK) return Fail(err, "loading model");
     const double load_s = Now() - l0;
+    moerun_model_info info;
+    moerun_model_info_init(&info);
+    if (moerun_model_get_info(model_, &info) != MOERUN_OK) return Fail(err, "model info");
+    precision_ = info.precision;  // what auto resolved to
+    const bool int8_path = work.q8_weights && precision_ == MOERUN_PRECISION_BF16;
+    const double peak = int8_path ? peak_int8 : peak_bf16;
 
     std::mt19937 rng(1234);
     std::vector<int32_t> ids(static_cast<size_t>(std::max({o_.prompt, o_.context, int64_t{16}}) + o_.gen));
@@ -305,6 +312,7 @@ class Bench {
 
   const Options& o_;
   moerun_model* model_ = nullptr;
+  moerun_precision precision_ = MOERUN_PRECISION_AUTO;
 };
 
 bool ParseIntList(const std::string& s, std::vector<int>* out, std::string* err, const char* flag) {
@@ -341,8 +349,7 @@ int RunBench(int argc, char** argv) {
     return Fail(err);
   if (args.Has("--threads") && !ParseIntList(args.Get("--threads"), &o.threads, &err, "--threads")) return Fail(err);
   if (args.Has("--batch") && !ParseIntList(args.Get("--batch"), &o.batches, &err, "--batch")) return Fail(err);
-  o.precision = args.Get("--precision", "f32");
-  if (o.precision != "f32" && o.precision != "bf16") return Fail("--precision must be f32 or bf16");
+  if (!ParsePrecision(args, &o.precision, &err)) return Fail(err);
   o.backend = args.Get("--backend", "cpu");
   o.json = args.Has("--json");
 
@@ -372,7 +379,7 @@ int RunBench(int argc, char** argv) {
                 "{\"model\": \"%s\", \"backend\": \"%s\", \"precision\": \"%s\", \"repeat\": %lld, \"gen_tokens\": %lld, "
                 "\"file_bytes\": %llu, \"file_read_s\": %.4f, \"active_weight_bytes_per_token\": %llu, "
                 "\"kv_bytes_per_token\": %llu, \"peak_rss_mib\": %.1f, \"runs\": [",
-                JsonEscape(o.path).c_str(), o.backend.c_str(), o.precision.c_str(), static_cast<long long>(o.repeat),
+                JsonEscape(o.path).c_str(), o.backend.c_str(), PrecisionName(bench.precision()), static_cast<long long>(o.repeat),
                 static_cast<long long>(o.gen), static_cast<unsigned long long>(file_bytes), read_s,
                 static_cast<unsigned long long>(work.weight_bytes), static_cast<unsigned long long>(kv_per_token),
                 rss_mib);
@@ -381,7 +388,7 @@ int RunBench(int argc, char** argv) {
     return 0;
   }
   std::printf("%s on %s, %s precision; medians of %lld runs [min, max]\n", o.path.c_str(), o.backend.c_str(),
-              o.precision.c_str(), static_cast<long long>(o.repeat));
+              PrecisionName(bench.precision()), static_cast<long long>(o.repeat));
   std::printf("file %.1f MiB (read from page cache in %.3f s), %.1f MiB active weights per decode token, "
               "KV %llu bytes per token, peak RSS %.1f MiB\n%s",
               file_bytes / 1048576.0, read_s, work.weight_bytes / 1048576.0,

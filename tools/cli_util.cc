@@ -68,6 +68,26 @@ bool Args::GetFloat(const std::string& flag, double* out, std::string* error) co
   return true;
 }
 
+bool ParsePrecision(const Args& args, moerun_precision* out, std::string* error) {
+  const std::string p = args.Get("--precision", "auto");
+  for (moerun_precision v : {MOERUN_PRECISION_AUTO, MOERUN_PRECISION_F32, MOERUN_PRECISION_BF16})
+    if (p == PrecisionName(v)) {
+      *out = v;
+      return true;
+    }
+  *error = "--precision must be auto, f32 or bf16, got '" + p + "'";
+  return false;
+}
+
+const char* PrecisionName(moerun_precision p) {
+  switch (p) {
+    case MOERUN_PRECISION_F32: return "f32";
+    case MOERUN_PRECISION_BF16: return "bf16";
+    case MOERUN_PRECISION_AUTO: return "auto";
+  }
+  return "unknown";
+}
+
 bool ParseIdList(const std::string& s, std::vector<int32_t>* out, std::string* error) {
   out->clear();
   size_t start = 0;

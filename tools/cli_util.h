@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "moerun/moerun.h"
+
 namespace moerun::cli {
 
 // Parsed command line: positional arguments and --flags (with or without a value).
@@ -32,6 +34,11 @@ class Args {
 };
 
 bool ParseIdList(const std::string& s, std::vector<int32_t>* out, std::string* error);
+
+// --precision auto|f32|bf16 (default auto: the library picks by the file's weights).
+bool ParsePrecision(const Args& args, moerun_precision* out, std::string* error);
+// "f32", "bf16" or "auto".
+const char* PrecisionName(moerun_precision p);
 
 // Prints "moerun: <message>" to stderr and returns exit code 1.
 int Fail(const std::string& message);

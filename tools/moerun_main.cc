@@ -14,10 +14,10 @@ void Usage() {
                "  convert HF_DIR -o MODEL.moerun [--weights keep|bf16|f32|fp8|int8]\n"
                "  inspect MODEL [--json]\n"
                "  run MODEL --ids 1,2,3 [--max-tokens N] [--greedy | --temperature T --top-k K --top-p P\n"
-               "      --min-p P --seed S] [--dump-logits FILE] [--json] [--precision f32|bf16]\n"
+               "      --min-p P --seed S] [--dump-logits FILE] [--json] [--precision auto|f32|bf16]\n"
                "      [--backend cpu|reference] [--threads N]\n"
                "  bench MODEL [--prompt N] [--gen N] [--threads 1,2] [--batch 1,4,8] [--context N]\n"
-               "      [--repeat N] [--json] [--precision f32|bf16] [--backend cpu|reference]\n"
+               "      [--repeat N] [--json] [--precision auto|f32|bf16] [--backend cpu|reference]\n"
                "  version\n");
 }
 

@@ -29,15 +29,7 @@ struct CommonOptions {
 
 bool ParseCommon(const Args& args, CommonOptions* o, std::string* err) {
   moerun_model_options_init(&o->model);
-  const std::string precision = args.Get("--precision", "f32");
-  if (precision == "f32") {
-    o->model.precision = MOERUN_PRECISION_F32;
-  } else if (precision == "bf16") {
-    o->model.precision = MOERUN_PRECISION_BF16;
-  } else {
-    *err = "--precision must be f32 or bf16, got '" + precision + "'";
-    return false;
-  }
+  if (!ParsePrecision(args, &o->model.precision, err)) return false;
   if (!args.GetInt("--threads", 0, 1024, &o->threads, err)) return false;
   o->model.n_threads = static_cast<int32_t>(o->threads);
   return true;
@@ -177,11 +169,13 @@ int RunRun(int argc, char** argv) {
     for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? ", " : "", ids[i]);
     std::printf("], \"generated\": [");
     for (size_t i = 0; i < generated.size(); ++i) std::printf("%s%d", i ? ", " : "", generated[i]);
-    std::printf("], \"prefill_ms\": %.3f, \"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f}\n",
-                (t1 - t0) * 1e3, ids.size() / (t1 - t0), decode_tps);
+    std::printf("], \"precision\": \"%s\", \"prefill_ms\": %.3f, \"prefill_tokens_per_s\": %.3f, "
+                "\"decode_tokens_per_s\": %.3f}\n",
+                PrecisionName(info.precision), (t1 - t0) * 1e3, ids.size() / (t1 - t0), decode_tps);
   } else {
-    std::printf("\nprefill: %zu tokens in %.1f ms (%.1f tokens/s); decode: %zu tokens, %.2f tokens/s\n", ids.size(),
-                (t1 - t0) * 1e3, ids.size() / (t1 - t0), generated.size(), decode_tps);
+    std::printf("\nprefill: %zu tokens in %.1f ms (%.1f tokens/s); decode: %zu tokens, %.2f tokens/s (%s precision)\n",
+                ids.size(), (t1 - t0) * 1e3, ids.size() / (t1 - t0), generated.size(), decode_tps,
+                PrecisionName(info.precision));
   }
   return 0;
 }

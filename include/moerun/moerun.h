@@ -68,8 +68,12 @@ typedef enum moerun_log_level {
 /* Compute precision of the CPU backends. */
 typedef enum moerun_precision {
   MOERUN_PRECISION_F32 = 0,  /* activations and accumulation in float32; weights widened exactly */
-  MOERUN_PRECISION_BF16 = 1  /* matmul inputs rounded to bfloat16 (int8 per 128 values with int8
+  MOERUN_PRECISION_BF16 = 1, /* matmul inputs rounded to bfloat16 (int8 per 128 values with int8
                                 weights), float32 accumulation */
+  MOERUN_PRECISION_AUTO = 2  /* chosen at load from the file: BF16 when it has int8 weights (their
+                                int8 kernels; f32 is ~2x slower there and no closer to the
+                                checkpoint than the int8 weights are), F32 otherwise. The choice is
+                                in moerun_model_info.precision */
 } moerun_precision;
 
 typedef struct moerun_model moerun_model;
@@ -103,7 +107,7 @@ typedef int (*moerun_progress_fn)(void* user_data, float fraction);
 typedef struct moerun_model_options {
   size_t struct_size;
   const char* backend;         /* "cpu" (default when NULL) or "reference" (scalar oracle, slow) */
-  moerun_precision precision;  /* default MOERUN_PRECISION_F32 */
+  moerun_precision precision;  /* default MOERUN_PRECISION_AUTO */
   int32_t n_threads;           /* default thread count for sessions; 0 = all cores */
   int32_t verify_weights;      /* non-zero: check every tensor's checksum on load (reads the whole file) */
   moerun_progress_fn progress; /* optional */
@@ -142,6 +146,7 @@ typedef struct moerun_model_info {
   uint64_t kv_bytes_per_token; /* latent KV cache bytes per token, all layers */
   uint64_t weight_bytes;      /* bytes of the weight area in the file */
   uint32_t has_mtp;           /* the file carries a multi-token-prediction module (not run yet) */
+  moerun_precision precision; /* the precision the model runs at (never AUTO) */
 } moerun_model_info;
 
 MOERUN_API void moerun_model_info_init(moerun_model_info* info);

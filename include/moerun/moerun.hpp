@@ -192,7 +192,7 @@ inline void set_log_callback(LogCallback callback, moerun_log_level min_level = 
 // moerun_model_options_init, so they cannot drift from it).
 struct ModelOptions {
   std::string backend;         // "cpu" or "reference"; empty = the library default ("cpu")
-  moerun_precision precision;  // MOERUN_PRECISION_F32 by default
+  moerun_precision precision;  // MOERUN_PRECISION_AUTO by default (see moerun.h)
   int32_t n_threads;           // default thread count for sessions; 0 = all cores
   bool verify_weights;         // check every tensor's checksum on load (reads the whole file)
   // Load progress in [0, 1]; return false to cancel the load (Model::load* then throws Error with

@@ -41,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--precision", choices=["auto", "f32", "bf16"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="0 = all cores")
     args = p.parse_args(argv)
 
@@ -51,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             info = model.info
             load_s = time.perf_counter() - t0
             prompt = args.ids if args.ids else [max(info.bos_token_id, 0)]
-            print(f"{info.architecture} on {info.backend}/{args.precision}: {info.num_layers} layers, "
+            print(f"{info.architecture} on {info.backend}/{info.precision}: {info.num_layers} layers, "
                   f"vocab {info.vocab_size}; loaded in {load_s * 1e3:.1f} ms (moerun {moerun.version()})",
                   file=sys.stderr)
             with moerun.Session(model, kv_capacity=len(prompt) + args.max_tokens + 1) as session, \

@@ -2,6 +2,7 @@
 // struct sizes, bad ids, bad sampler parameters. Every case must return a status, never crash.
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -65,6 +66,68 @@ TEST(CApiBasics, LoadErrors) {
   moerun_model_destroy(nullptr);
   moerun_session_destroy(nullptr);
   moerun_sampler_destroy(nullptr);
+}
+
+// The default precision is AUTO: BF16 (int8 activations) for a file with int8 weights, F32 for any
+// other; info.precision reports the choice, and an info struct from before that field still works.
+TEST(CApiBasics, AutoPrecisionFollowsTheWeights) {
+  moerun_model_options o;
+  moerun_model_options_init(&o);
+  EXPECT_EQ(o.precision, MOERUN_PRECISION_AUTO);
+  const std::string int8_path = moerun::testing::TestDir() + "/c_api_v3_int8.moerun";
+  moerun::convert::ConvertOptions co;
+  co.weights = moerun::convert::WeightsMode::kInt8;
+  const moerun::Status st = moerun::convert::ConvertHfCheckpoint(MOERUN_TEST_DATA_DIR "/golden/v3_bf16", int8_path, co);
+  ASSERT_TRUE(st.ok()) << st.message();
+  const int32_t prompt[3] = {0, 17, 42};
+  auto load = [&](const std::string& path, moerun_precision p, std::vector<float>* logits) {
+    moerun_model_options mo;
+    moerun_model_options_init(&mo);
+    mo.precision = p;
+    moerun_model* m = nullptr;
+    EXPECT_EQ(moerun_model_load(path.c_str(), &mo, &m), MOERUN_OK) << moerun_last_error();
+    if (!m) return MOERUN_PRECISION_AUTO;
+    moerun_model_info info;
+    moerun_model_info_init(&info);
+    EXPECT_EQ(moerun_model_get_info(m, &info), MOERUN_OK);
+    moerun_session* s = nullptr;
+    EXPECT_EQ(moerun_session_create(m, nullptr, &s), MOERUN_OK) << moerun_last_error();
+    moerun_batch b;
+    moerun_batch_init(&b);
+    b.n_tokens = 3;
+    b.tokens = prompt;
+    EXPECT_EQ(moerun_session_decode(s, &b), MOERUN_OK) << moerun_last_error();
+    const float* row = nullptr;
+    EXPECT_EQ(moerun_session_get_logits(s, 2, &row), MOERUN_OK) << moerun_last_error();
+    if (row) logits->assign(row, row + info.vocab_size);
+    moerun_session_destroy(s);
+    moerun_model_destroy(m);
+    return info.precision;
+  };
+  std::vector<float> auto_logits, bf16_logits, f32_logits;
+  EXPECT_EQ(load(int8_path, MOERUN_PRECISION_AUTO, &auto_logits), MOERUN_PRECISION_BF16);
+  EXPECT_EQ(load(int8_path, MOERUN_PRECISION_BF16, &bf16_logits), MOERUN_PRECISION_BF16);
+  EXPECT_EQ(load(int8_path, MOERUN_PRECISION_F32, &f32_logits), MOERUN_PRECISION_F32);
+  EXPECT_EQ(auto_logits, bf16_logits);  // the same computation, not merely close
+  EXPECT_NE(auto_logits, f32_logits);
+  EXPECT_EQ(load(ModelPath(), MOERUN_PRECISION_AUTO, &auto_logits), MOERUN_PRECISION_F32);
+  EXPECT_EQ(load(ModelPath(), MOERUN_PRECISION_F32, &f32_logits), MOERUN_PRECISION_F32);
+  EXPECT_EQ(auto_logits, f32_logits);
+  EXPECT_EQ(load(ModelPath(), MOERUN_PRECISION_BF16, &bf16_logits), MOERUN_PRECISION_BF16);
+
+  // A caller built before info.precision existed passes the shorter struct: filled up to its size.
+  moerun_model* m = nullptr;
+  ASSERT_EQ(moerun_model_load(int8_path.c_str(), nullptr, &m), MOERUN_OK) << moerun_last_error();
+  moerun_model_info info;
+  std::memset(&info, 0xab, sizeof(info));
+  info.struct_size = offsetof(moerun_model_info, precision);
+  EXPECT_EQ(moerun_model_get_info(m, &info), MOERUN_OK);
+  EXPECT_EQ(info.struct_size, offsetof(moerun_model_info, precision));
+  int32_t untouched;
+  std::memset(&untouched, 0xab, sizeof(untouched));
+  EXPECT_EQ(std::memcmp(&info.precision, &untouched, sizeof(untouched)), 0);
+  EXPECT_EQ(info.vocab_size, 384u);
+  moerun_model_destroy(m);
 }
 
 TEST(CApiBasics, LoadFromMemoryAlignedAndUnaligned) {

@@ -33,11 +33,17 @@ Result RunCli(const std::string& args) {
 
 std::string Dir() { return moerun::testing::TestDir(); }
 
-std::string Converted(const std::string& fixture) {
-  const std::string out = Dir() + "/cli_" + fixture + ".moerun";
-  const Result r = RunCli("convert " MOERUN_TEST_DATA_DIR "/golden/" + fixture + " -o " + out);
+std::string Converted(const std::string& fixture, const std::string& weights = "keep") {
+  const std::string out = Dir() + "/cli_" + fixture + "_" + weights + ".moerun";
+  const Result r = RunCli("convert " MOERUN_TEST_DATA_DIR "/golden/" + fixture + " -o " + out + " --weights " + weights);
   EXPECT_EQ(r.code, 0) << r.out;
   return out;
+}
+
+// The "generated": [...] part of `run --json` output.
+std::string Generated(const std::string& s) {
+  const size_t at = s.find("\"generated\"");
+  return at == std::string::npos ? "" : s.substr(at, s.find(']', at) - at);
 }
 
 TEST(Cli, DumpLogitsMatchesTransformers) {
@@ -88,12 +94,27 @@ TEST(Cli, SamplingIsReproducibleWithASeed) {
   const std::string args = "run " + model + " --ids 0,5,9 --max-tokens 12 --temperature 0.9 --top-k 30 --top-p 0.95 --seed 11 --json";
   const Result a = RunCli(args), b = RunCli(args);
   ASSERT_EQ(a.code, 0) << a.out;
-  auto generated = [](const std::string& s) { return s.substr(s.find("\"generated\""), s.find(']', s.find("\"generated\"")) - s.find("\"generated\"")); };
-  EXPECT_EQ(generated(a.out), generated(b.out));
+  EXPECT_EQ(Generated(a.out), Generated(b.out));
   const Result ref = RunCli("run " + model + " --ids 0,5,9 --max-tokens 4 --greedy --backend reference --precision f32 --json");
   const Result cpu = RunCli("run " + model + " --ids 0,5,9 --max-tokens 4 --greedy --backend cpu --json");
   ASSERT_EQ(ref.code, 0) << ref.out;
-  EXPECT_EQ(generated(ref.out), generated(cpu.out));
+  EXPECT_EQ(Generated(ref.out), Generated(cpu.out));
+  EXPECT_NE(cpu.out.find("\"precision\": \"f32\""), std::string::npos) << cpu.out;
+}
+
+// --precision defaults to auto: int8 activations for int8 weights, f32 otherwise; the run says which.
+TEST(Cli, AutoPrecisionFollowsTheWeights) {
+  const std::string model = Converted("v3_bf16", "int8");
+  const std::string args = "run " + model + " --ids 0,5,9 --max-tokens 4 --greedy --json";
+  const Result by_default = RunCli(args), bf16 = RunCli(args + " --precision bf16"), f32 = RunCli(args + " --precision f32");
+  ASSERT_EQ(by_default.code, 0) << by_default.out;
+  EXPECT_NE(by_default.out.find("\"precision\": \"bf16\""), std::string::npos) << by_default.out;
+  EXPECT_NE(f32.out.find("\"precision\": \"f32\""), std::string::npos) << f32.out;
+  EXPECT_EQ(Generated(by_default.out), Generated(bf16.out));
+  const Result bench = RunCli("bench " + model + " --prompt 8 --gen 2 --repeat 1 --probe-mib 32 --threads 1 --json");
+  ASSERT_EQ(bench.code, 0) << bench.out;
+  EXPECT_NE(bench.out.find("\"precision\": \"bf16\""), std::string::npos) << bench.out;
+  EXPECT_NE(bench.out.find("\"gemm_probe_used\": \"int8\""), std::string::npos) << bench.out;
 }
 
 TEST(Cli, BenchPrintsFigures) {

@@ -57,6 +57,16 @@ def test_backends_and_precisions(model_path: Path) -> None:
     assert e.value.status == moerun.Status.UNSUPPORTED and "tpu" in e.value.message
     with pytest.raises(moerun.InvalidArgumentError, match="precision"):
         moerun.Model(model_path, precision="fp16")
+
+
+def test_auto_precision_follows_the_weights(model_path: Path, convert: Any) -> None:
+    # The default: bf16 (int8 activations) for int8 weights, f32 for any other file.
+    for path, want in ((model_path, "f32"), (convert("v3_bf16", "int8"), "bf16")):
+        with moerun.Model(path) as m:
+            assert m.info.precision == want
+        for explicit in ("f32", "bf16"):
+            with moerun.Model(path, precision=explicit) as m:
+                assert m.info.precision == explicit
     with pytest.raises(moerun.InvalidArgumentError, match="backend"):
         moerun.Model(model_path, backend=3)  # type: ignore[arg-type]
     with pytest.raises(moerun.InvalidArgumentError, match="n_threads"):

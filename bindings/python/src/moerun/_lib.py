@@ -65,6 +65,7 @@ class ModelInfo(Structure):
         ("kv_bytes_per_token", c_uint64),
         ("weight_bytes", c_uint64),
         ("has_mtp", c_uint32),
+        ("precision", c_int),
     ]
 
 

@@ -16,7 +16,8 @@ from ._errors import InvalidArgumentError
 ProgressCallback = Callable[[float], Optional[bool]]
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
-_PRECISIONS = {"f32": 0, "bf16": 1}
+_PRECISIONS = {"f32": 0, "bf16": 1, "auto": 2}
+_PRECISION_NAMES = {v: k for k, v in _PRECISIONS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ModelInfo:
     kv_bytes_per_token: int
     weight_bytes: int
     has_mtp: bool
+    precision: str  # "f32" or "bf16": what the model runs at ("auto" resolved at load)
 
 
 def _progress_trampoline(progress: ProgressCallback, errors: List[BaseException]) -> Any:
@@ -73,7 +75,7 @@ class Model(Handle):
         path: PathLike,
         *,
         backend: Optional[str] = None,
-        precision: str = "f32",
+        precision: str = "auto",
         n_threads: int = 0,
         verify_weights: bool = False,
         progress: Optional[ProgressCallback] = None,
@@ -97,7 +99,7 @@ class Model(Handle):
         data: Any,
         *,
         backend: Optional[str] = None,
-        precision: str = "f32",
+        precision: str = "auto",
         n_threads: int = 0,
         verify_weights: bool = False,
         progress: Optional[ProgressCallback] = None,
@@ -153,7 +155,7 @@ class Model(Handle):
     ) -> None:
         lib = _lib.lib()
         if precision not in _PRECISIONS:
-            raise InvalidArgumentError(f"precision must be 'f32' or 'bf16', got {precision!r}")
+            raise InvalidArgumentError(f"precision must be 'auto', 'f32' or 'bf16', got {precision!r}")
         if backend is not None and not isinstance(backend, str):
             raise InvalidArgumentError(f"backend must be a string or None, got {type(backend).__name__}")
         if progress is not None and not callable(progress):
@@ -211,6 +213,7 @@ class Model(Handle):
             kv_bytes_per_token=info.kv_bytes_per_token,
             weight_bytes=info.weight_bytes,
             has_mtp=bool(info.has_mtp),
+            precision=_PRECISION_NAMES.get(info.precision, str(info.precision)),
         )
 
     @property
