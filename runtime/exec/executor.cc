@@ -79,23 +79,25 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   const float* inv_freq = model_->rope_inv_freq().data();
   const float af = model_->rope_attention_factor();
 
-  // Query: [T, H, d_qk], rope part rotated in place.
+  // The two projections of x (q_a or q_proj, and kv_a) in one call: the int8 path quantises x once.
+  const int64_t W = R + dr, rq = c.q_lora_rank;
   float* q = Scratch(kQ, T * H * qk);
+  float* kv = Scratch(kKv, T * W);
+  float* cq = w.q_lora ? Scratch(kCq, T * rq) : nullptr;
+  {
+    const WeightView from_x[2] = {w.q_lora ? w.q_a : w.q_proj, w.kv_a};
+    float* const outs[2] = {w.q_lora ? cq : q, kv};
+    const int64_t lds[2] = {w.q_lora ? rq : H * qk, W};
+    be.LinearSameInput(from_x, 2, x, D, T, outs, lds);
+  }
+  // Query: [T, H, d_qk], rope part rotated in place.
   if (w.q_lora) {
-    const int64_t rq = c.q_lora_rank;
-    float* cq = Scratch(kCq, T * rq);
-    be.Linear(w.q_a, x, D, T, cq, rq);
     be.RmsNorm(cq, rq, w.q_a_norm, rq, T, kInnerNormEps, cq, rq);
     be.Linear(w.q_b, cq, rq, T, q, H * qk);
-  } else {
-    be.Linear(w.q_proj, x, D, T, q, H * qk);
   }
   be.Rope(q + dn, T, H, H * qk, qk, positions_.data(), inv_freq, half, af);
 
   // Keys: normalised latent and rotated rope key go straight into the cache.
-  const int64_t W = R + dr;
-  float* kv = Scratch(kKv, T * W);
-  be.Linear(w.kv_a, x, D, T, kv, W);
   be.RmsNorm(kv, W, w.kv_a_norm, R, T, kInnerNormEps, kv, W);
   be.Rope(kv + R, T, 1, W, dr, positions_.data(), inv_freq, half, af);
   for (int64_t t = 0; t < T; ++t) std::memcpy(cache_.Row(n.layer, seq_of_[t], positions_[t]), kv + t * W, W * sizeof(float));
