@@ -335,6 +335,20 @@ MOERUN_API moerun_status moerun_session_get_logits(const moerun_session* session
   });
 }
 
+MOERUN_API moerun_status moerun_session_get_expert_counts(const moerun_session* session, uint64_t* counts,
+                                                          size_t n) {
+  return Guard([&] {
+    if (!session) return Fail(StatusCode::kInvalidArgument, "session is NULL");
+    if (!counts) return Fail(StatusCode::kInvalidArgument, "counts is NULL");
+    const std::vector<uint64_t>& c = session->session->expert_counts();
+    if (n != c.size())
+      return Fail(StatusCode::kInvalidArgument, "counts has " + std::to_string(n) + " entries; this model needs " +
+                                                    std::to_string(c.size()) + " (num_layers * n_routed_experts)");
+    std::copy(c.begin(), c.end(), counts);
+    return Ok();
+  });
+}
+
 MOERUN_API moerun_status moerun_session_seq_length(const moerun_session* session, int32_t seq_id,
                                                    uint32_t* out_length) {
   return Guard([&] {

@@ -52,6 +52,10 @@ std::string Json(const Stat& s) {
 // rows that want logits), so its matmul work is body_params per token plus head_params once.
 struct ActiveWork {
   uint64_t weight_bytes = 0;
+  // One routed expert's bytes (gate, up, down and their scales) per layer: a decode step at batch > 1
+  // reads every distinct expert its tokens chose once, counted from the session's expert counts.
+  std::vector<uint64_t> expert_bytes;  // [num_layers]
+  uint64_t routed_bytes_at_batch1 = 0;  // num_experts_per_tok of them per MoE layer, in weight_bytes
   uint64_t matmul_params = 0;  // all of them: body + head
   uint64_t head_params = 0;
   double PrefillMatmulOps(int64_t tokens) const {
@@ -64,6 +68,7 @@ struct ActiveWork {
 ActiveWork Active(const ModelFile& f) {
   const ModelConfig& c = f.config();
   ActiveWork a;
+  a.expert_bytes.assign(c.num_layers, 0);
   for (const fb::Node* n : *f.graph()->nodes()) {
     if (!n->weights()) continue;
     for (const fb::WeightSlot* w : *n->weights()) {
@@ -76,6 +81,9 @@ ActiveWork Active(const ModelFile& f) {
         case fb::Role::ExpertsGate: case fb::Role::ExpertsUp: case fb::Role::ExpertsDown:
           a.q8_weights = a.q8_weights || t.dtype == DType::kQ8Panel;
           a.weight_bytes += bytes / c.n_routed_experts * c.num_experts_per_tok;
+          a.routed_bytes_at_batch1 += bytes / c.n_routed_experts * c.num_experts_per_tok;
+          if (n->layer() >= 0 && n->layer() < static_cast<int32_t>(c.num_layers))
+            a.expert_bytes[n->layer()] += bytes / c.n_routed_experts;
           a.matmul_params += t.numel / c.n_routed_experts * c.num_experts_per_tok;
           break;
         case fb::Role::Head:
@@ -152,6 +160,7 @@ class Bench {
     moerun_model_info_init(&info);
     if (moerun_model_get_info(model_, &info) != MOERUN_OK) return Fail(err, "model info");
     precision_ = info.precision;  // what auto resolved to
+    n_expert_counts_ = size_t{info.num_layers} * info.n_routed_experts;
     const bool int8_path = work.q8_weights && precision_ == MOERUN_PRECISION_BF16;
     const double peak = int8_path ? peak_int8 : peak_bf16;
 
@@ -173,6 +182,7 @@ class Bench {
 
     std::vector<double> prefill_tps, prefill_fraction;
     std::vector<std::vector<double>> decode_tps(o_.batches.size());
+    std::vector<std::vector<double>> decode_bytes(o_.batches.size());  // weight bytes per step, per repeat
     for (int64_t r = 0; r < o_.repeat; ++r) {
       const int max_batch = *std::max_element(o_.batches.begin(), o_.batches.end());
       moerun_session* s = NewSession(threads, static_cast<uint32_t>(max_batch * (o_.prompt + o_.gen + 1)), max_batch);
@@ -199,13 +209,20 @@ class Bench {
         }
         std::vector<int32_t> toks(static_cast<size_t>(B), ids[8]);
         for (int b = 0; b < B; ++b) seq[b] = b;
-        const double d0 = Now();
+        double step_bytes = 0.0;  // weight bytes the steps read, from the experts they ran
+        double elapsed = 0.0;
         // A different token every step, so routing varies as in generation.
         for (int64_t g = 0; g < o_.gen && ok; ++g) {
           for (int b = 0; b < B; ++b) toks[b] = ids[static_cast<size_t>(9 + g + 3 * b) % ids.size()];
-          ok = Decode(s, toks.data(), static_cast<uint32_t>(B), seq.data());
+          ok = ExpertCounts(s, &counts_before_);
+          const double d0 = Now();
+          ok = ok && Decode(s, toks.data(), static_cast<uint32_t>(B), seq.data());
+          elapsed += Now() - d0;
+          ok = ok && ExpertCounts(s, &counts_after_);
+          step_bytes += StepBytes(work, counts_before_, counts_after_);
         }
-        decode_tps[bi].push_back(static_cast<double>(B) * o_.gen / (Now() - d0));
+        decode_tps[bi].push_back(static_cast<double>(B) * o_.gen / elapsed);
+        decode_bytes[bi].push_back(step_bytes / static_cast<double>(o_.gen));
       }
       moerun_session_destroy(s);
       if (!ok) return Fail(err, "decode");
@@ -251,19 +268,21 @@ class Bench {
                   int8_path ? "int8" : "bf16", 100.0 * pfrac.median, 100.0 * pfrac.min, 100.0 * pfrac.max);
     *text += buf;
     for (size_t bi = 0; bi < o_.batches.size(); ++bi) {
-      const Stat d = Summarise(decode_tps[bi]);
-      // Weights are read once per step for the whole batch (a batch touches at most B·K experts, counted
-      // here as K: the figure is a floor-relative rate at batch 1 and an aggregate rate above it).
-      const double gbps = d.median / o_.batches[bi] * static_cast<double>(work.weight_bytes) / 1e9;
+      const Stat d = Summarise(decode_tps[bi]), step_bytes = Summarise(decode_bytes[bi]);
+      // Weights are read once per step for the whole batch: the shared ones, and each distinct
+      // routed expert the batch's tokens chose (from the session's expert counts).
+      const double gbps = d.median / o_.batches[bi] * step_bytes.median / 1e9;
       std::snprintf(buf, sizeof(buf),
                     "%s{\"batch\": %d, \"context\": 8, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
-                    "\"weight_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f}",
-                    bi ? ", " : "", o_.batches[bi], Json(d).c_str(), 1e3 * o_.batches[bi] / d.median, gbps,
-                    gbps * 1e9 / bw);
+                    "\"weight_bytes_per_step\": %.0f, \"weight_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f}",
+                    bi ? ", " : "", o_.batches[bi], Json(d).c_str(), 1e3 * o_.batches[bi] / d.median,
+                    step_bytes.median, gbps, gbps * 1e9 / bw);
       *out += buf;
       std::snprintf(buf, sizeof(buf),
-                    "  decode batch %-3d %9.2f tok/s [%.2f, %.2f]  %.2f ms/step, weights %.2f GB/s = %.1f%% of the probe\n",
-                    o_.batches[bi], d.median, d.min, d.max, 1e3 * o_.batches[bi] / d.median, gbps, 100.0 * gbps * 1e9 / bw);
+                    "  decode batch %-3d %9.2f tok/s [%.2f, %.2f]  %.2f ms/step, %.1f MiB of weights per step, "
+                    "%.2f GB/s = %.1f%% of the probe\n",
+                    o_.batches[bi], d.median, d.min, d.max, 1e3 * o_.batches[bi] / d.median, step_bytes.median / 1048576.0,
+                    gbps, 100.0 * gbps * 1e9 / bw);
       *text += buf;
     }
     if (!ctx_tps.empty()) {
@@ -301,6 +320,21 @@ class Bench {
     return moerun_session_create(model_, &so, &s) == MOERUN_OK ? s : nullptr;
   }
 
+  bool ExpertCounts(moerun_session* s, std::vector<uint64_t>* counts) const {
+    counts->resize(n_expert_counts_);
+    return moerun_session_get_expert_counts(s, counts->data(), counts->size()) == MOERUN_OK;
+  }
+
+  // Weight bytes one step read: everything but the routed experts, plus each distinct expert run.
+  static double StepBytes(const ActiveWork& work, const std::vector<uint64_t>& before,
+                          const std::vector<uint64_t>& after) {
+    double bytes = static_cast<double>(work.weight_bytes - work.routed_bytes_at_batch1);
+    const size_t layers = work.expert_bytes.size(), E = layers ? after.size() / layers : 0;
+    for (size_t i = 0; i < after.size(); ++i)
+      if (after[i] != before[i]) bytes += static_cast<double>(work.expert_bytes[i / E]);
+    return bytes;
+  }
+
   static bool Decode(moerun_session* s, const int32_t* toks, uint32_t n, const int32_t* seq_ids) {
     moerun_batch b;
     moerun_batch_init(&b);
@@ -313,6 +347,8 @@ class Bench {
   const Options& o_;
   moerun_model* model_ = nullptr;
   moerun_precision precision_ = MOERUN_PRECISION_AUTO;
+  size_t n_expert_counts_ = 0;
+  std::vector<uint64_t> counts_before_, counts_after_;
 };
 
 bool ParseIntList(const std::string& s, std::vector<int>* out, std::string* err, const char* flag) {

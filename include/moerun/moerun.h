@@ -191,6 +191,13 @@ MOERUN_API moerun_status moerun_session_decode(moerun_session* session, const mo
 MOERUN_API moerun_status moerun_session_get_logits(const moerun_session* session, uint32_t i,
                                                    const float** out_logits);
 
+/* Routed-expert usage, the statistics an expert-placement policy starts from: counts[l * E + e] =
+ * the tokens that layer l's router sent to expert e (E = n_routed_experts) over every successful
+ * moerun_session_decode since the session was created; dense layers count zero. n must be
+ * num_layers * n_routed_experts (moerun_model_info); a failed decode adds nothing. */
+MOERUN_API moerun_status moerun_session_get_expert_counts(const moerun_session* session, uint64_t* counts,
+                                                          size_t n);
+
 /* Number of tokens sequence seq_id holds. */
 MOERUN_API moerun_status moerun_session_seq_length(const moerun_session* session, int32_t seq_id,
                                                    uint32_t* out_length);

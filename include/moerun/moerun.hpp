@@ -354,7 +354,8 @@ class Session {
   // Creates a session on model, which it keeps alive (see the lifetime notes at the top).
   // Throws Error: MOERUN_ERR_INVALID_ARGUMENT (empty model, bad option), MOERUN_ERR_OUT_OF_MEMORY.
   explicit Session(const Model& model, const SessionOptions& options = SessionOptions())
-      : vocab_size_(model.info().vocab_size) {
+      : vocab_size_(model.info().vocab_size),
+        n_expert_counts_(size_t{model.info().num_layers} * model.info().n_routed_experts) {
     moerun_session_options o;
     moerun_session_options_init(&o);
     o.kv_capacity = options.kv_capacity;
@@ -370,7 +371,8 @@ class Session {
   Session(Session&& other) noexcept
       : model_(std::move(other.model_)),
         handle_(std::move(other.handle_)),
-        vocab_size_(std::exchange(other.vocab_size_, 0)) {}
+        vocab_size_(std::exchange(other.vocab_size_, 0)),
+        n_expert_counts_(std::exchange(other.n_expert_counts_, 0)) {}
 
   // Destroys this session's C session before letting go of its model, as moerun.h requires (the
   // defaulted operator would release the model first).
@@ -380,6 +382,7 @@ class Session {
       model_ = std::move(other.model_);
       handle_ = std::move(other.handle_);
       vocab_size_ = std::exchange(other.vocab_size_, 0);
+      n_expert_counts_ = std::exchange(other.n_expert_counts_, 0);
     }
     return *this;
   }
@@ -426,6 +429,14 @@ class Session {
     return n;
   }
 
+  // Routed-expert usage since the session was created: [l * n_routed_experts + e] = tokens layer l
+  // sent to expert e (moerun_session_get_expert_counts). Throws Error (empty handle).
+  [[nodiscard]] std::vector<uint64_t> expert_counts() const {
+    std::vector<uint64_t> counts(n_expert_counts_);
+    detail::check(moerun_session_get_expert_counts(handle_.get(), counts.data(), counts.size()));
+    return counts;
+  }
+
   // Drops sequence seq_id and frees its cache pages. Throws as seq_length.
   void seq_remove(int32_t seq_id) { detail::check(moerun_session_seq_remove(handle_.get(), seq_id)); }
 
@@ -456,6 +467,7 @@ class Session {
     handle_.reset();
     model_.reset();
     vocab_size_ = 0;
+    n_expert_counts_ = 0;
   }
   explicit operator bool() const noexcept { return handle_ != nullptr; }
   // The C handle, or nullptr when empty; still owned by the wrapper.
@@ -485,6 +497,7 @@ class Session {
   std::shared_ptr<moerun_model> model_;
   std::unique_ptr<moerun_session, detail::SessionDeleter> handle_;
   size_t vocab_size_ = 0;
+  size_t n_expert_counts_ = 0;
 };
 
 /* ---- sampling --------------------------------------------------------------------------------- */

@@ -54,7 +54,7 @@ void Session::Forward(int64_t T) {
         RunMlp(*n.mlp, in, out, T);
         break;
       case fb::Op::Moe:
-        RunMoe(*n.moe, in, out, T);
+        RunMoe(*n.moe, n.layer, in, out, T);
         break;
       case fb::Op::ResidualAdd:
 #pragma omp parallel for schedule(static) if (T * D >= (1 << 18))
@@ -169,7 +169,7 @@ void Session::RunMlp(const MlpWeights& w, const float* x, float* y, int64_t T) {
   be.Linear(w.down, g, I, T, y, D);
 }
 
-void Session::RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T) {
+void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* y, int64_t T) {
   const ModelConfig& c = model_->config();
   const Backend& be = model_->backend();
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, I = c.moe_intermediate_size;
@@ -195,6 +195,10 @@ void Session::RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T) {
     for (int64_t k = 0; k < K; ++k) ++expert_offset_[route_experts_[t * K + k] + 1];
   // Slots: the (token, k) pairs grouped by expert, in token order within an expert, so each
   // selected expert's weights are read once per batch on a contiguous block of rows.
+  if (layer >= 0 && layer < static_cast<int32_t>(c.num_layers)) {
+    uint32_t* counts = batch_expert_counts_.data() + static_cast<int64_t>(layer) * E;
+    for (int64_t e = 0; e < E; ++e) counts[e] = static_cast<uint32_t>(expert_offset_[e + 1]);
+  }
   for (int64_t e = 0; e < E; ++e) expert_offset_[e + 1] += expert_offset_[e];
   active_experts_.clear();
   for (int64_t e = 0; e < E; ++e)

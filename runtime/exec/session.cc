@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <new>
 
 namespace moerun {
@@ -25,6 +26,8 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
     s->expert_offset_.resize(c.n_routed_experts + 1);
     s->expert_next_.resize(c.n_routed_experts);
     s->active_experts_.reserve(c.n_routed_experts);
+    s->batch_expert_counts_.resize(static_cast<size_t>(c.num_layers) * c.n_routed_experts);
+    s->expert_counts_.resize(static_cast<size_t>(c.num_layers) * c.n_routed_experts);
     s->active_begin_.resize(c.n_routed_experts);
     s->active_count_.resize(c.n_routed_experts);
     s->active_gate_.resize(c.n_routed_experts);
@@ -112,6 +115,7 @@ Status Session::Decode(const Batch& b) {
     }
     out_row_.clear();
   };
+  std::fill(batch_expert_counts_.begin(), batch_expert_counts_.end(), 0u);
   try {
     Forward(T);
   } catch (const std::bad_alloc&) {
@@ -122,6 +126,7 @@ Status Session::Decode(const Batch& b) {
     throw;
   }
   for (int64_t s = 0; s < n_seq; ++s) cache_.SetLength(s, old_length[s] + static_cast<uint32_t>(added[s]));
+  for (size_t i = 0; i < expert_counts_.size(); ++i) expert_counts_[i] += batch_expert_counts_[i];
   return Status::Ok();
 }
 

@@ -42,6 +42,9 @@ class Session {
   Status SeqRemove(int64_t seq);
   void Clear();
   int64_t kv_free_tokens() const { return cache_.free_tokens(); }
+  // Routed-expert usage over the successful Decode calls since creation: [num_layers ×
+  // n_routed_experts], the tokens each layer's router sent to each expert (zero for dense layers).
+  const std::vector<uint64_t>& expert_counts() const { return expert_counts_; }
   const Model& model() const { return *model_; }
   const SessionOptions& options() const { return options_; }
 
@@ -52,7 +55,7 @@ class Session {
   void Forward(int64_t T);
   void RunMla(const GraphNode& n, const float* x, float* y, int64_t T);
   void RunMlp(const MlpWeights& w, const float* x, float* y, int64_t T);
-  void RunMoe(const MoeWeights& w, const float* x, float* y, int64_t T);
+  void RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* y, int64_t T);
   void RunLmHead(const GraphNode& n, const float* x, int64_t T);
   float* Scratch(size_t slot, size_t floats);
 
@@ -73,6 +76,8 @@ class Session {
   std::vector<int64_t> expert_offset_;   // [E + 1]: first slot of each expert
   std::vector<int64_t> expert_next_;     // [E]: fill cursor while assigning slots
   std::vector<int32_t> active_experts_;  // experts with at least one slot, largest first
+  std::vector<uint32_t> batch_expert_counts_;  // this batch's share of expert_counts_, added on success
+  std::vector<uint64_t> expert_counts_;
   std::vector<int32_t> slot_of_;         // [T * K]: slot of (token, k)
   std::vector<int32_t> slot_token_;      // [T * K]: token of a slot
   std::vector<WeightView> head_views_;  // one per attention head, for LinearBatch

@@ -2,6 +2,7 @@
 // struct sizes, bad ids, bad sampler parameters. Every case must return a status, never crash.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -158,6 +159,51 @@ TEST_F(CApi, ModelInfo) {
   EXPECT_EQ(moerun_model_get_info(nullptr, &info), MOERUN_ERR_INVALID_ARGUMENT);
   info.struct_size = 3;
   EXPECT_EQ(moerun_model_get_info(model_, &info), MOERUN_ERR_INVALID_ARGUMENT);
+}
+
+// Expert counts: per MoE layer they sum to tokens × experts per token, dense layers stay zero, a
+// failed decode adds nothing, and a wrong size or NULL is an error naming the size.
+TEST_F(CApi, ExpertCountsFollowTheRouting) {
+  moerun_model_info info;
+  moerun_model_info_init(&info);
+  ASSERT_EQ(moerun_model_get_info(model_, &info), MOERUN_OK);
+  const size_t E = info.n_routed_experts, n = size_t{info.num_layers} * E;
+  moerun_session* s = nullptr;
+  ASSERT_EQ(moerun_session_create(model_, nullptr, &s), MOERUN_OK) << moerun_last_error();
+  std::vector<uint64_t> counts(n, 99);
+  ASSERT_EQ(moerun_session_get_expert_counts(s, counts.data(), n), MOERUN_OK) << moerun_last_error();
+  EXPECT_EQ(counts, std::vector<uint64_t>(n, 0));
+  const int32_t prompt[5] = {0, 17, 42, 99, 7};
+  moerun_batch b;
+  moerun_batch_init(&b);
+  b.n_tokens = 5;
+  b.tokens = prompt;
+  ASSERT_EQ(moerun_session_decode(s, &b), MOERUN_OK) << moerun_last_error();
+  b.n_tokens = 1;
+  ASSERT_EQ(moerun_session_decode(s, &b), MOERUN_OK) << moerun_last_error();
+  const int32_t bad = -1;
+  b.tokens = &bad;
+  EXPECT_EQ(moerun_session_decode(s, &b), MOERUN_ERR_INVALID_ARGUMENT);
+  ASSERT_EQ(moerun_session_get_expert_counts(s, counts.data(), n), MOERUN_OK) << moerun_last_error();
+  int moe_layers = 0;
+  for (size_t l = 0; l < info.num_layers; ++l) {
+    uint64_t sum = 0, most = 0;
+    for (size_t e = 0; e < E; ++e) {
+      sum += counts[l * E + e];
+      most = std::max(most, counts[l * E + e]);
+    }
+    if (sum == 0) continue;  // a dense layer
+    ++moe_layers;
+    EXPECT_EQ(sum, 6u * info.num_experts_per_tok) << "layer " << l;
+    EXPECT_LE(most, 6u) << "an expert appears at most once per token";
+  }
+  EXPECT_EQ(moe_layers, static_cast<int>(info.num_layers) - 1);  // the fixture's first layer is dense
+  EXPECT_EQ(counts[0], 0u);
+  EXPECT_EQ(moerun_session_get_expert_counts(s, counts.data(), n - 1), MOERUN_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(moerun_last_error()).find(std::to_string(n)), std::string::npos) << moerun_last_error();
+  EXPECT_EQ(moerun_session_get_expert_counts(s, nullptr, n), MOERUN_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(moerun_session_get_expert_counts(nullptr, counts.data(), n), MOERUN_ERR_INVALID_ARGUMENT);
+  moerun_session_destroy(s);
 }
 
 TEST_F(CApi, SessionAbuse) {

@@ -314,6 +314,14 @@ TEST_F(CppWrapper, DecodeAndLogitsMatchTheCApi) {
   s.decode({next});
   EXPECT_EQ(s.seq_length(0), 5u);
   EXPECT_EQ(s.logits(0).size, 384u);
+  // Expert usage: every MoE layer routed 5 tokens to num_experts_per_tok experts each.
+  const moerun_model_info info = model_.info();
+  const std::vector<uint64_t> counts = s.expert_counts();
+  ASSERT_EQ(counts.size(), size_t{info.num_layers} * info.n_routed_experts);
+  uint64_t total = 0;
+  for (uint64_t c : counts) total += c;
+  EXPECT_EQ(total, uint64_t{5} * info.num_experts_per_tok * (info.num_layers - 1));  // layer 0 is dense
+  EXPECT_THROW((void)moerun::Session().expert_counts(), moerun::Error);
 }
 
 TEST_F(CppWrapper, BatchOfTwoSequences) {

@@ -76,6 +76,21 @@ def test_decode_logits_and_sequence_state(model: moerun.Model) -> None:
         assert s.seq_length(0) == 0
 
 
+def test_expert_counts(model: moerun.Model) -> None:
+    info = model.info
+    with moerun.Session(model) as s:
+        assert s.expert_counts() == [[0] * info.n_routed_experts] * info.num_layers
+        s.decode(PROMPT)
+        with pytest.raises(moerun.InvalidArgumentError):
+            s.decode([-1])
+        counts = s.expert_counts()
+    assert len(counts) == info.num_layers and all(len(row) == info.n_routed_experts for row in counts)
+    assert sum(counts[0]) == 0  # the fixture's dense first layer
+    for row in counts[1:]:
+        assert sum(row) == len(PROMPT) * info.num_experts_per_tok
+        assert max(row) <= len(PROMPT)
+
+
 def test_logits_selection(model: moerun.Model) -> None:
     with moerun.Session(model) as s:
         s.decode(PROMPT)  # default: last token only

@@ -124,6 +124,7 @@ _PROTOTYPES = {
     "moerun_batch_init": (None, [POINTER(Batch)]),
     "moerun_session_decode": (_STATUS, [c_void_p, POINTER(Batch)]),
     "moerun_session_get_logits": (_STATUS, [c_void_p, c_uint32, POINTER(POINTER(c_float))]),
+    "moerun_session_get_expert_counts": (_STATUS, [c_void_p, POINTER(c_uint64), c_size_t]),
     "moerun_session_seq_length": (_STATUS, [c_void_p, c_int32, POINTER(c_uint32)]),
     "moerun_session_seq_remove": (_STATUS, [c_void_p, c_int32]),
     "moerun_session_clear": (_STATUS, [c_void_p]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from ctypes import POINTER, byref, c_float, c_int32, c_uint32, c_void_p
+from ctypes import POINTER, byref, c_float, c_int32, c_uint32, c_uint64, c_void_p
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _lib
@@ -167,6 +167,16 @@ class Session(Handle):
         idx = uint_arg("logits index", i)
         with self._use() as h:
             return copy_floats(self._logits_pointer(h, idx), self._vocab)
+
+    def expert_counts(self) -> List[List[int]]:
+        """Routed-expert usage since the session was created: ``counts[layer][expert]`` = the tokens
+        that layer's router sent to that expert over every successful decode (dense layers: zeros)."""
+        info = self._model.info
+        n_layers, n_experts = info.num_layers, info.n_routed_experts
+        out = (c_uint64 * (n_layers * n_experts))()
+        with self._use() as h:
+            finish(_lib.lib().moerun_session_get_expert_counts(h, out, len(out)))
+        return [list(out[l * n_experts : (l + 1) * n_experts]) for l in range(n_layers)]
 
     def seq_length(self, seq_id: int = 0) -> int:
         out = c_uint32()
