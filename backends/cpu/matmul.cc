@@ -127,6 +127,10 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
 // Small items (decode: per-head 512x128 matrices) run one per thread in a single parallel region:
 // one fork/join per batch instead of one per item, which matters most when a core is busy and every
 // join waits for a descheduled thread. Large items (prefill) keep their own row-parallel kernels.
+namespace {
+q8::ActivationBuffers ThreadActivations(int slot, int64_t M, int64_t K);  // below
+}  // namespace
+
 void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x, int64_t x_step, int64_t ldx,
                              int64_t M, float* y, int64_t y_step, int64_t ldy) const {
   // Items run concurrently, one per thread, when they are small or when there are enough of them to
@@ -135,6 +139,18 @@ void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x,
   constexpr int64_t kMaxParallelItemWork = int64_t{1} << 22;  // M·rows·cols of one item
   const bool across = count > 1 && (M * w[0].rows * w[0].cols <= kMaxParallelItemWork ||
                                     count >= 2 * static_cast<int64_t>(omp_get_max_threads()));
+  // One x for every item (MLA's key expansion at prefill): the int8 path quantises it once and the
+  // items read the same bytes, which is what each would have made.
+  bool shared = x_step == 0 && SharesInt8Input(w, count, M, x, ldx);
+  for (int64_t i = 0; shared && i < count; ++i) shared = M == 1 || ldy >= w[i].rows;
+  if (shared) {
+    const q8::ActivationBuffers a = ThreadActivations(2, M, w[0].cols);
+    q8::QuantizeActivations(x, ldx, M, w[0].cols, a.xq, a.xs, a.xsum);
+#pragma omp parallel for schedule(static) if (across)
+    for (int64_t i = 0; i < count; ++i)
+      q8::LinearInt8(w[i], a.xq, a.xs, a.xsum, M, y + i * y_step, M == 1 ? w[i].rows : ldy);
+    return;
+  }
   ParallelErrors errors;
 #pragma omp parallel for schedule(static) if (across)
   for (int64_t i = 0; i < count; ++i) {
@@ -156,8 +172,8 @@ namespace {
 
 // Per-thread int8 activation scratch, 64-byte aligned, grown to the largest call seen: slot 0 for
 // LinearQ8 / LinearSameInput, slot 1 for an expert's gathered rows (held while its down projection
-// uses slot 0), slot 2 for MoeExperts' quantised tokens (read by every thread of its experts while
-// the calling thread holds it). Throws std::bad_alloc.
+// uses slot 0), slot 2 for MoeExperts' or LinearBatch's shared quantised input (read by every
+// thread while the calling thread holds it). Throws std::bad_alloc.
 q8::ActivationBuffers ThreadActivations(int slot, int64_t M, int64_t K) {
   constexpr size_t kAlign = 64;
   struct Free {

@@ -1,6 +1,6 @@
-// Backend::MoeExperts and LinearSameInput: the CPU backend's int8 shortcuts (each token quantised
-// once per layer, shared by the experts' gate and up projections) must give the default's numbers
-// bit for bit, on 1 and 2 threads, with experts of 1 row (VNNI) up to several 16-row AMX blocks.
+// Backend::MoeExperts, LinearSameInput and LinearBatch over one x: the CPU backend's int8 shortcuts
+// (an input quantised once and shared by several weights) must give the default's numbers bit for
+// bit, on 1 and 2 threads, with 1 row (VNNI) up to several 16-row AMX blocks.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -107,6 +107,30 @@ TEST(MoeExperts, CpuLinearSameInputMatchesSeparateLinears) {
     EXPECT_EQ(std::memcmp(yb.data(), rb.data(), yb.size() * sizeof(float)), 0) << "M=" << M;
     EXPECT_EQ(ya[96], -1.0f);  // columns past the weight's rows untouched
   }
+}
+
+// MLA's key expansion: every head's W_UV over the same keys (x_step 0), items across threads or not.
+TEST(MoeExperts, CpuLinearBatchOverOneInputMatchesSeparateLinears) {
+  auto be = Bf16Cpu();
+  ASSERT_TRUE(be);
+  std::mt19937 rng(13);
+  for (int threads : {1, 2})
+    for (const int64_t M : {1, 20, 70}) {
+      omp_set_num_threads(threads);
+      constexpr int64_t H = 5, N = 40, K = 200, ldx = 210, ldy = 48;
+      std::vector<Q8Weight> heads;
+      std::vector<WeightView> w;
+      for (int64_t h = 0; h < H; ++h) heads.push_back(RandomWeight(N, K, rng));
+      for (const Q8Weight& q : heads) w.push_back(q.view());
+      const std::vector<float> x = RandomVector(M * ldx, rng);
+      const int64_t y_step = M * ldy;
+      std::vector<float> y(H * y_step, -1.0f), want(H * y_step, -1.0f);
+      be->LinearBatch(w.data(), H, x.data(), 0, ldx, M, y.data(), y_step, ldy);
+      for (int64_t h = 0; h < H; ++h) be->Linear(w[h], x.data(), ldx, M, want.data() + h * y_step, ldy);
+      EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)), 0) << "M=" << M << ", " << threads << " threads";
+      EXPECT_EQ(y[ldy - 1], -1.0f);  // a row's columns past N untouched
+      EXPECT_NE(y[0], y[(H - 1) * y_step + 3]);
+    }
 }
 
 }  // namespace
