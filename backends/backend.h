@@ -79,14 +79,28 @@ struct MlaAttentionArgs {
   int64_t v_dim = 0;
   int64_t v_head_stride = 0;  // floats
 
-  // The caller's choice of path for a batch of n_tokens that would expand keys_to_expand keys (each
-  // sequence's keys up to its last token in the batch): expanding costs as much per key as applying
-  // W_UV per output token costs per token, so with at most ~2 keys per token the expansion costs at
-  // most twice the output W_UV it replaces, while the weighted sum gets kv_rank / v_dim times
-  // cheaper for every (token, key) pair. Decode and short chunks at long context stay latent.
+  // The caller's choice of path for a batch of n_tokens whose tokens see `pairs` (token, key) pairs
+  // in all (the sum of n_keys) and that would expand keys_to_expand keys (each sequence's keys up to
+  // its last token in the batch). Per head, expanding a key costs kv_rank·v_dim multiply-adds, as
+  // much as the W_UV that the latent path applies to each output token, and every (token, key) pair's
+  // weighted sum gets kv_rank − v_dim cheaper. The values path wins when
+  //   pairs · (kv_rank − v_dim) >= (keys_to_expand − n_tokens) · kv_rank · v_dim,
+  // counting multiply-adds alike (the expansion is a GEMM, faster per multiply-add than the
+  // attention, so the rule leans towards latent). A fresh prompt always expands, and so does a
+  // 512-token chunk at 4k of context (~3x fewer multiply-adds); decode and short chunks at long
+  // context stay latent. The expanded values (keys · heads · v_dim floats) are kept under
+  // kMaxValuesBytes.
   static constexpr int64_t kMinValuesTokens = 16;
-  static bool PreferValues(int64_t n_tokens, int64_t keys_to_expand) {
-    return n_tokens >= kMinValuesTokens && keys_to_expand <= 2 * n_tokens;
+  static constexpr int64_t kMaxValuesBytes = int64_t{64} << 20;
+  static bool PreferValues(int64_t n_tokens, int64_t pairs, int64_t keys_to_expand, int64_t n_heads,
+                              int64_t kv_rank, int64_t v_dim) {
+    if (n_tokens < kMinValuesTokens || kv_rank <= v_dim) return false;
+    const double keys = static_cast<double>(keys_to_expand);
+    if (keys * static_cast<double>(n_heads) * static_cast<double>(v_dim) * sizeof(float) >
+        static_cast<double>(kMaxValuesBytes))
+      return false;
+    return static_cast<double>(pairs) * static_cast<double>(kv_rank - v_dim) >=
+           (keys - static_cast<double>(n_tokens)) * static_cast<double>(kv_rank) * static_cast<double>(v_dim);
   }
 };
 

@@ -20,6 +20,7 @@
 
 #include "backends/cpu/cpu_backend_impl.h"
 #include "backends/cpu/mla_attention_impl.h"
+#include "backends/cpu/q8_kernels.h"
 #include "runtime/core/log.h"
 
 namespace moerun::cpu {
@@ -378,7 +379,13 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const bool parallel = keys * H * (c.row_width() + (a.values ? a.v_dim : R)) >= kMinParallelWork;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   if (a.values) {
-    mla::AttendValues(a, features_.avx512, parallel);
+    // bf16 precision rounds the attention's matmul inputs too: AMX tile products where there are
+    // some; f32 keeps the exact path.
+    if (precision_ == Precision::kBF16 && features_.avx512 && q8::DetectSupport().amx_bf16) {
+      mla::amx::AttendValues(a, parallel);
+    } else {
+      mla::AttendValues(a, features_.avx512, parallel);
+    }
     return;
   }
   // Few tokens (decode): split each token's keys into spans, so that the threads share the reads of

@@ -77,4 +77,13 @@ inline std::atomic<int> g_log_budget{20};
 // could not be allocated, after its parallel region.
 void AttendValues(const MlaAttentionArgs& a, bool avx, bool parallel);
 
+// The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and
+// the probabilities rounded to bf16, f32 accumulation and softmax, the running maximum updated per
+// block of kKeyBlock keys (the probabilities are rounded relative to it). Call only when
+// q8::DetectSupport().amx_bf16. Throws std::bad_alloc like AttendValues.
+namespace amx {
+inline constexpr int64_t kKeyBlock = 64;
+void AttendValues(const MlaAttentionArgs& a, bool parallel);
+}  // namespace amx
+
 }  // namespace moerun::cpu::mla

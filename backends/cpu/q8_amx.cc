@@ -32,11 +32,12 @@
 //
 // Built with -mavx512* -mamx-tile -mamx-int8; called only after DetectSupport().amx (which asked
 // Linux for the tile state). Uses no inline functions or templates from other headers (see
-// q8_avx512.cc).
+// q8_avx512.cc), except amx_tiles.h's static ones.
 #include "backends/cpu/simd_avx512.h"  // first: see there
 
 #include <omp.h>
 
+#include "backends/cpu/amx_tiles.h"
 #include "backends/cpu/q8_kernels.h"
 
 namespace moerun::cpu::q8::amx {
@@ -52,30 +53,11 @@ inline __mmask16 TailMask16(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
-// GCC's tile intrinsics are asm statements that do not tell the compiler they read memory: plain
-// stores feeding a tile load (the config, the padded B copy) must be fenced off by this barrier.
-inline void CompilerBarrier() { __asm__ volatile("" ::: "memory"); }
-
-struct TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
+using amx_tiles::CompilerBarrier;
 
 // Tiles 0-3: C (row block r, panel t) = 2r + t; 4-5: A of row block r; 6-7: B of panel t. All are
-// 16 rows × 64 bytes.
-void LoadTileConfig() {
-  alignas(64) TileConfig cfg = {};
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  CompilerBarrier();
-  _tile_loadconfig(&cfg);
-}
+// 16 rows × 64 bytes (amx_tiles::LoadTileConfig16x64).
+void LoadTileConfig() { amx_tiles::LoadTileConfig16x64(); }
 
 using Args = Int8Args;
 

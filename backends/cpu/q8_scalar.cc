@@ -33,7 +33,14 @@ Support Detect() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   const bool leaf7 = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0;
   const bool amx_tile = leaf7 && (edx & (1u << 24)) != 0, amx_int8 = leaf7 && (edx & (1u << 25)) != 0;
-  s.amx = s.vnni && amx_tile && amx_int8 && RequestAmxPermission();
+  const bool amx_bf16 = leaf7 && (edx & (1u << 22)) != 0;
+  unsigned eax1 = 0, ebx1 = 0, ecx1 = 0, edx1 = 0;
+  const bool avx512_bf16 = __get_cpuid_count(7, 1, &eax1, &ebx1, &ecx1, &edx1) != 0 && (eax1 & (1u << 5)) != 0;
+  const bool int8_wanted = s.vnni && amx_int8, bf16_wanted = s.avx512 && avx512_bf16 && amx_bf16;
+  // One request covers both: it is for the tile data, whatever the tile products.
+  const bool tiles = amx_tile && (int8_wanted || bf16_wanted) && RequestAmxPermission();
+  s.amx = int8_wanted && tiles;
+  s.amx_bf16 = bf16_wanted && tiles;
   return s;
 }
 

@@ -2,11 +2,18 @@
 #include <vector>
 
 #include "backends/reference/reference_backend.h"
+#include "runtime/core/dtype.h"
 
 namespace moerun::reference {
 
 void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim;
+  // bf16 precision rounds the values path's matmul inputs, as the CPU backend does there: queries,
+  // key rows and value rows to bf16, and each probability (relative to its row's maximum) to bf16
+  // before the weighted sum, whose denominator adds up the rounded probabilities. The latent path
+  // (decode) stays exact at both precisions.
+  const bool bf16 = precision_ == Precision::kBF16 && a.values;
+  auto in = [bf16](double v) { return bf16 ? static_cast<double>(Bf16ToF32(F32ToBf16(static_cast<float>(v)))) : v; };
   std::vector<double> scores;
   for (int64_t t = 0; t < a.n_tokens; ++t) {
     const int64_t n = a.n_keys[t];
@@ -18,19 +25,19 @@ void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
       for (int64_t j = 0; j < n; ++j) {
         const float* row = a.cache.Row(a.token_pages[t], j);
         double s = 0.0;
-        for (int64_t i = 0; i < R; ++i) s += static_cast<double>(ql[i]) * row[i];
-        for (int64_t i = 0; i < P; ++i) s += static_cast<double>(qr[i]) * row[R + i];
+        for (int64_t i = 0; i < R; ++i) s += in(ql[i]) * in(row[i]);
+        for (int64_t i = 0; i < P; ++i) s += in(qr[i]) * in(row[R + i]);
         scores[j] = s * a.scale;
         mx = std::max(mx, scores[j]);
       }
       double sum = 0.0;
-      for (int64_t j = 0; j < n; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+      for (int64_t j = 0; j < n; ++j) sum += (scores[j] = in(std::exp(scores[j] - mx)));
       if (a.values) {  // values path
         const int64_t dv = a.v_dim;
         float* o = a.out + (t * a.n_heads + h) * dv;
         for (int64_t i = 0; i < dv; ++i) {
           double acc = 0.0;
-          for (int64_t j = 0; j < n; ++j) acc += scores[j] * a.values[t][h * a.v_head_stride + j * dv + i];
+          for (int64_t j = 0; j < n; ++j) acc += scores[j] * in(a.values[t][h * a.v_head_stride + j * dv + i]);
           o[i] = static_cast<float>(acc / sum);
         }
         continue;

@@ -133,7 +133,9 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   for (int64_t t = 0; t < T; ++t) seq_first[seq_of_[t] + 1] = std::max<int64_t>(seq_first[seq_of_[t] + 1], n_keys_[t]);
   for (int64_t s = 0; s < n_seq; ++s) seq_first[s + 1] += seq_first[s];
   const int64_t K = seq_first[n_seq];
-  if (MlaAttentionArgs::PreferValues(T, K)) {
+  int64_t pairs = 0;
+  for (int64_t t = 0; t < T; ++t) pairs += n_keys_[t];
+  if (MlaAttentionArgs::PreferValues(T, pairs, K, H, R, dv)) {
     float* keys = Scratch(kKv, K * R);
     for (int64_t s = 0; s < n_seq; ++s)
       for (int64_t j = 0; j < seq_first[s + 1] - seq_first[s]; ++j)

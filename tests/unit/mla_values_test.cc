@@ -17,16 +17,18 @@
 #include "runtime/exec/session.h"
 #include "runtime/format/model_file.h"
 #include "runtime/model/model.h"
-#include "tests/unit/tiny_model.h"
+#include "tests/unit/mla_test_util.h"
 #include "tests/unit/numeric_test_util.h"
+#include "tests/unit/tiny_model.h"
 
 namespace moerun {
 namespace {
 
-constexpr float kSentinel = 12345.0f;
-
-using test::RandomVector;
+using test::kSentinel;
+using test::MakeValuesCase;
+using test::RunValues;
 using test::RelL2;
+using test::ValuesCase;
 
 struct CpuVariant {
   std::string name;
@@ -40,85 +42,6 @@ std::vector<CpuVariant> CpuVariants() {
   scalar.avx512 = false;
   v.push_back({"no_avx512", scalar});
   return v;
-}
-
-// A batch over several sequences of one paged cache. Sequence s has cached[s] keys before the batch
-// and new[s] tokens in it; the batch lists the tokens in the order given by `order` (sequence ids).
-struct ValuesCase {
-  int64_t H, R, P, dv, page_size, T = 0;
-  std::vector<std::vector<int32_t>> tables;  // per sequence
-  std::vector<int64_t> seq_keys;             // per sequence: keys to expand (cached + new)
-  std::vector<int64_t> seq_first;            // per sequence: first row in V
-  std::vector<int32_t> seq_of, n_keys;       // per token
-  std::vector<const int32_t*> token_pages;
-  std::vector<float> pool, q_latent, q_rope, uv;  // uv: [H, dv, R]
-  std::vector<float> values;                      // [H, K, dv]
-  std::vector<const float*> token_values;
-  int64_t K = 0;
-
-  MlaAttentionArgs Args() const {
-    MlaAttentionArgs a;
-    a.n_tokens = T;
-    a.n_heads = H;
-    a.q_latent = q_latent.data();
-    a.q_rope = q_rope.data();
-    a.cache = {pool.data(), page_size, R, P};
-    a.token_pages = token_pages.data();
-    a.n_keys = n_keys.data();
-    a.scale = 0.09f;
-    return a;
-  }
-};
-
-ValuesCase MakeValuesCase(int64_t H, int64_t R, int64_t P, int64_t dv, int64_t page_size,
-                          const std::vector<int64_t>& cached, const std::vector<int32_t>& order, bool shuffle_pages,
-                          std::mt19937& rng) {
-  ValuesCase c;
-  c.H = H, c.R = R, c.P = P, c.dv = dv, c.page_size = page_size;
-  const int64_t n_seq = static_cast<int64_t>(cached.size());
-  std::vector<int64_t> added(n_seq, 0);
-  for (int32_t s : order) ++added[s];
-  int64_t n_pages = 0;
-  for (int64_t s = 0; s < n_seq; ++s) n_pages += (cached[s] + added[s] + page_size - 1) / page_size;
-  std::vector<int32_t> all(n_pages);
-  std::iota(all.begin(), all.end(), 0);
-  if (shuffle_pages) std::shuffle(all.begin(), all.end(), rng);
-  int64_t next = 0;
-  for (int64_t s = 0; s < n_seq; ++s) {
-    const int64_t np = (cached[s] + added[s] + page_size - 1) / page_size;
-    c.tables.emplace_back(all.begin() + next, all.begin() + next + np);
-    c.tables.back().push_back(0);  // never empty
-    next += np;
-    c.seq_keys.push_back(cached[s] + added[s]);
-    c.seq_first.push_back(c.K);
-    c.K += cached[s] + added[s];
-  }
-  c.pool = RandomVector(static_cast<size_t>(std::max<int64_t>(n_pages, 1) * page_size * (R + P)), rng, 0.7f);
-  std::vector<int64_t> pos(cached.begin(), cached.end());
-  for (int32_t s : order) {
-    c.seq_of.push_back(s);
-    c.n_keys.push_back(static_cast<int32_t>(++pos[s]));
-  }
-  c.T = static_cast<int64_t>(order.size());
-  for (int64_t t = 0; t < c.T; ++t) c.token_pages.push_back(c.tables[c.seq_of[t]].data());
-  c.q_latent = RandomVector(c.T * H * R, rng, 0.2f);
-  c.q_rope = RandomVector(c.T * H * P, rng, 0.5f);
-  c.uv = RandomVector(H * dv * R, rng, 1.0f / std::sqrt(static_cast<float>(R)));
-  // V[h, j, :] = W_UV^h ĉ_j, in double, in RunMla's layout.
-  c.values.assign(static_cast<size_t>(H * c.K * dv), 0.0f);
-  const LatentCacheView view{c.pool.data(), page_size, R, P};
-  for (int64_t s = 0; s < n_seq; ++s)
-    for (int64_t j = 0; j < c.seq_keys[s]; ++j) {
-      const float* row = view.Row(c.tables[s].data(), j);
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < dv; ++i) {
-          double acc = 0.0;
-          for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(c.uv[(h * dv + i) * R + r]) * row[r];
-          c.values[(h * c.K + c.seq_first[s] + j) * dv + i] = static_cast<float>(acc);
-        }
-    }
-  for (int64_t t = 0; t < c.T; ++t) c.token_values.push_back(c.values.data() + c.seq_first[c.seq_of[t]] * dv);
-  return c;
 }
 
 // The latent path of the reference backend, then W_UV per head in double: [T, H, dv].
@@ -138,19 +61,6 @@ std::vector<float> LatentThenUv(const ValuesCase& c) {
     }
   }
   return want;
-}
-
-std::vector<float> RunValues(const Backend& be, const ValuesCase& c) {
-  std::vector<float> got(c.T * c.H * c.dv + 64, kSentinel);  // 64 past the end: nothing may write there
-  MlaAttentionArgs a = c.Args();
-  a.values = c.token_values.data();
-  a.v_dim = c.dv;
-  a.v_head_stride = c.K * c.dv;
-  a.out = got.data();
-  be.MlaAttention(a);
-  for (size_t i = c.T * c.H * c.dv; i < got.size(); ++i) EXPECT_EQ(got[i], kSentinel) << "wrote past the output";
-  got.resize(c.T * c.H * c.dv);
-  return got;
 }
 
 // Both compute the same convex combinations of the same value vectors in float32, in other orders
@@ -214,18 +124,40 @@ TEST(MlaValuesPath, TokenWithoutKeysGivesZeros) {
 }
 
 TEST(MlaValuesPath, PathChoice) {
-  // Decode: one token, however long its context.
-  EXPECT_FALSE(MlaAttentionArgs::PreferValues(1, 1));
-  EXPECT_FALSE(MlaAttentionArgs::PreferValues(1, 4000));
-  // A few tokens: the latent path, whose output W_UV costs the same.
-  EXPECT_FALSE(MlaAttentionArgs::PreferValues(8, 8));
-  // Fresh prefill: as many keys as tokens.
-  EXPECT_TRUE(MlaAttentionArgs::PreferValues(16, 16));
-  EXPECT_TRUE(MlaAttentionArgs::PreferValues(512, 512));
-  // A chunk continuing a sequence: values while the cached keys are at most as many as the new ones.
-  EXPECT_TRUE(MlaAttentionArgs::PreferValues(512, 1024));
-  EXPECT_FALSE(MlaAttentionArgs::PreferValues(512, 1025));
-  EXPECT_FALSE(MlaAttentionArgs::PreferValues(64, 4064));
+  // DeepSeek-V2-Lite's attention (16 heads, kv_rank 512, v_dim 128); a chunk of n tokens of one
+  // sequence after `cached` keys, whose tokens see cached + 1 ... cached + n keys.
+  auto prefer = [](int64_t n, int64_t cached, int64_t heads = 16) {
+    const int64_t pairs = n * cached + n * (n + 1) / 2;
+    return MlaAttentionArgs::PreferValues(n, pairs, cached + n, heads, 512, 128);
+  };
+  struct Case {
+    int64_t n, cached, heads;
+    bool values;
+    const char* why;
+  };
+  for (const Case& c : {
+           Case{1, 0, 16, false, "decode"},
+           Case{1, 3999, 16, false, "decode at 4k"},
+           Case{8, 0, 16, false, "a few tokens: the latent path"},
+           Case{16, 0, 16, true, "fresh prefill: nothing extra to expand"},
+           Case{512, 0, 16, true, "fresh prefill"},
+           // 512-token chunks of a 4k or 8k prompt expand; at 64 tokens the expansion pays only
+           // while the cached keys are few (pairs · 384 >= cached · 65536: up to 19).
+           Case{512, 512, 16, true, "chunk 2"},
+           Case{512, 3584, 16, true, "chunk 8 of a 4k prompt"},
+           Case{512, 7680, 16, true, "chunk 16 of an 8k prompt"},
+           Case{64, 19, 16, true, "64 tokens after 19"},
+           Case{64, 20, 16, false, "64 tokens after 20"},
+           Case{64, 4000, 16, false, "64 tokens at 4k"},
+           Case{16, 4080, 16, false, "16 tokens at 4k"},
+           // The expanded values stay under 64 MiB: 8192 keys of 16 heads x 128 floats, 1024 of 128.
+           Case{512, 7681, 16, false, "over the values budget"},
+           Case{512, 512, 128, true, "128 heads, 1024 keys"},
+           Case{512, 513, 128, false, "128 heads, over the budget"},
+       })
+    EXPECT_EQ(prefer(c.n, c.cached, c.heads), c.values) << c.why;
+  // No gain without a narrower value.
+  EXPECT_FALSE(MlaAttentionArgs::PreferValues(512, 512 * 513 / 2, 512, 16, 128, 128));
 }
 
 // Session level: a batch that takes the values path (a fresh sequence and a continued one, mixed)
@@ -272,26 +204,29 @@ void CheckSessionAgainstDecode(const std::string& backend) {
         one_by_one[seq].emplace_back(s->Logits(0).value(), s->Logits(0).value() + V);
       }
   }
-  // b's first 24 tokens alone, then one batch: all of a (fresh) interleaved with b's other 16
-  // (continuing after 24 cached keys). 46 tokens, 30 + 40 keys to expand: the values path.
+  // b's first 8 tokens alone, then one batch: all of a (fresh) interleaved with b's other 32
+  // (continuing after 8 cached keys). 62 tokens, 30 + 40 keys to expand: the values path.
   auto s = Session::Create(m, so).value();
   {
     Batch first;
-    first.n_tokens = 24;
+    first.n_tokens = 8;
     first.tokens = b.data();
-    const std::vector<int32_t> seq1(24, 1);
+    const std::vector<int32_t> seq1(8, 1);
     first.seq_ids = seq1.data();
     ASSERT_TRUE(s->Decode(first).ok());
   }
   std::vector<int32_t> toks, seqs, pos;
-  size_t ia = 0, ib = 24;
+  size_t ia = 0, ib = 8;
   while (ia < a.size() || ib < b.size()) {
     for (int k = 0; k < 3 && ia < a.size(); ++k) toks.push_back(a[ia]), seqs.push_back(0), pos.push_back(ia++);
     if (ib < b.size()) toks.push_back(b[ib]), seqs.push_back(1), pos.push_back(ib++);
   }
   const int64_t T = static_cast<int64_t>(toks.size());
-  ASSERT_TRUE(MlaAttentionArgs::PreferValues(T, 30 + 40));
-  ASSERT_FALSE(MlaAttentionArgs::PreferValues(1, 1 + 1));
+  const ModelConfig& c = m->config();
+  int64_t pairs = 0;
+  for (int32_t p : pos) pairs += p + 1;
+  ASSERT_TRUE(MlaAttentionArgs::PreferValues(T, pairs, 30 + 40, c.num_heads, c.kv_lora_rank, c.v_head_dim));
+  ASSERT_FALSE(MlaAttentionArgs::PreferValues(1, 2, 1 + 1, c.num_heads, c.kv_lora_rank, c.v_head_dim));
   const std::vector<uint8_t> all(T, 1);
   Batch batch;
   batch.n_tokens = T;

@@ -1,0 +1,277 @@
+// The AMX-BF16 values path of MLA attention (mla_values_amx.cc), taken by a bf16 CpuBackend where the
+// CPU has AMX-BF16. Checks it against a double-precision model of its own rounding points (bf16
+// queries, keys, values; probabilities rounded to bf16 relative to the running maximum of each
+// 64-key block), against the exact f32 values path, over mixed batches (fresh and continuing
+// sequences, pages of 7 and 64 rows, 16 and 5 heads, key counts and widths with tails, a token that
+// sees no keys); and which path each precision takes. Without AMX-BF16 the kernel cannot run: the
+// tests then say so on stdout and in a test property, and check that bf16 falls back to the f32 path.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backends/cpu/cpu_backend_impl.h"
+#include "backends/cpu/mla_attention_impl.h"
+#include "backends/cpu/q8_kernels.h"
+#include "tests/unit/mla_test_util.h"
+#include "tests/unit/numeric_test_util.h"
+
+namespace moerun {
+namespace {
+
+using test::MakeValuesCase;
+using test::RelL2;
+using test::RunValues;
+using test::ValuesCase;
+
+bool HaveAmxBf16() {
+  const bool yes = cpu::q8::DetectSupport().amx_bf16;
+  ::testing::Test::RecordProperty("amx_bf16", yes ? 1 : 0);
+  if (!yes) std::printf("mla values amx: no AMX-BF16 here; only the f32 fallback of bf16 precision is checked\n");
+  return yes;
+}
+
+float Bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// The two bf16 neighbours of x > 0 (lo <= x < hi).
+void Bf16Neighbours(float x, float* lo, float* hi) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u &= 0xffff0000u;
+  std::memcpy(lo, &u, 4);
+  u += 0x10000u;
+  std::memcpy(hi, &u, 4);
+}
+
+// Expected output of one (token, head) in double, and how far the kernel may be from it.
+struct Expected {
+  std::vector<double> out;  // [dv]
+  double slack = 0.0;       // L2 allowance for probabilities too close to a bf16 rounding midpoint
+};
+
+// rounded: the AMX path's model. Queries, keys and values rounded to bf16; scores in double; per
+// block of kKeyBlock keys the running maximum m_b and p = bf16(exp(s − m_b)), weighted by
+// exp(m_b − m_last) (the rescaling of O); out = Σ w V / Σ w. The kernel's f32 scores differ from
+// double by ~1e-6 in the exponent, which can round a probability within that distance of a bf16
+// midpoint the other way: such keys add their possible effect to the slack. Not rounded: exact
+// softmax of the f32 inputs.
+Expected Model(const ValuesCase& c, int64_t t, int64_t h, bool rounded) {
+  const int64_t R = c.R, P = c.P, dv = c.dv, n = std::max<int32_t>(c.n_keys[t], 0);
+  auto r = [&](float x) { return rounded ? Bf16(x) : x; };
+  Expected e;
+  e.out.assign(dv, 0.0);
+  if (n == 0) return e;
+  const LatentCacheView view{c.pool.data(), c.page_size, R, P};
+  const float* ql = c.q_latent.data() + (t * c.H + h) * R;
+  const float* qr = c.q_rope.data() + (t * c.H + h) * P;
+  const float* v = c.token_values[t] + h * c.K * dv;
+  std::vector<double> s(n);
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = view.Row(c.token_pages[t], j);
+    double acc = 0.0;
+    for (int64_t i = 0; i < R; ++i) acc += static_cast<double>(r(ql[i])) * r(row[i]);
+    for (int64_t i = 0; i < P; ++i) acc += static_cast<double>(r(qr[i])) * r(row[R + i]);
+    s[j] = static_cast<double>(c.Args().scale) * acc;
+  }
+  const int64_t block = rounded ? cpu::mla::amx::kKeyBlock : n;
+  std::vector<double> w(n), wide(n), m_of(n);  // wide: the weight's rounding interval, when ambiguous
+  double m = -INFINITY;
+  for (int64_t j0 = 0; j0 < n; j0 += block) {
+    const int64_t j1 = std::min(n, j0 + block);
+    for (int64_t j = j0; j < j1; ++j) m = std::max(m, s[j]);
+    for (int64_t j = j0; j < j1; ++j) {
+      const double p = std::exp(s[j] - m);
+      m_of[j] = m;
+      w[j] = rounded ? Bf16(static_cast<float>(p)) : p;
+      wide[j] = 0.0;
+      if (rounded) {
+        float lo, hi;
+        Bf16Neighbours(static_cast<float>(p), &lo, &hi);
+        if (std::fabs(p - 0.5 * (static_cast<double>(lo) + hi)) <= 5e-5 * p) wide[j] = static_cast<double>(hi) - lo;
+      }
+    }
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double f = std::exp(m_of[j] - m);
+    w[j] *= f;
+    wide[j] *= f;
+    sum += w[j];
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < dv; ++i) e.out[i] += w[j] * r(v[j * dv + i]);
+  for (double& x : e.out) x /= sum;
+  for (int64_t j = 0; j < n; ++j) {
+    if (wide[j] == 0.0) continue;
+    double d2 = 0.0;
+    for (int64_t i = 0; i < dv; ++i) {
+      const double d = r(v[j * dv + i]) - e.out[i];
+      d2 += d * d;
+    }
+    e.slack += wide[j] * std::sqrt(d2) / sum;
+  }
+  return e;
+}
+
+double Norm(const std::vector<double>& x) {
+  double s = 0.0;
+  for (double v : x) s += v * v;
+  return std::sqrt(s);
+}
+
+// got vs the model, per (token, head): ||got − want|| <= tol·||want|| + slack. Returns the largest
+// relative error seen.
+double CheckAgainstModel(const ValuesCase& c, const std::vector<float>& got, bool rounded, double tol,
+                         const std::string& what) {
+  double worst = 0.0;
+  for (int64_t t = 0; t < c.T; ++t)
+    for (int64_t h = 0; h < c.H; ++h) {
+      const Expected e = Model(c, t, h, rounded);
+      const float* g = got.data() + (t * c.H + h) * c.dv;
+      double d2 = 0.0;
+      for (int64_t i = 0; i < c.dv; ++i) d2 += (g[i] - e.out[i]) * (g[i] - e.out[i]);
+      const double err = std::sqrt(d2), ref = Norm(e.out);
+      if (ref > 0.0) worst = std::max(worst, err / ref);
+      EXPECT_LE(err, tol * ref + e.slack) << what << ": token " << t << " (sequence " << c.seq_of[t] << ", "
+                                          << c.n_keys[t] << " keys), head " << h << ", rel " << err / ref;
+    }
+  return worst;
+}
+
+std::vector<float> RunAmx(const ValuesCase& c) {
+  return RunValues(cpu::CpuBackend(Precision::kBF16, cpu::CpuFeatures::Detect()), c);
+}
+
+// The AMX path against its rounding model (observed: at most 2.4e-7 relative per (token, head)
+// where no probability lies near a bf16 midpoint, up to 6e-4 within the slack where one does) and
+// against the exact f32 path (observed: 2.4e-3 to 3.7e-3 relative per token, bf16's 2^-9 over a
+// few roundings).
+void CheckCase(const ValuesCase& c, const std::string& what) {
+  const std::vector<float> got = RunAmx(c);
+  const double worst = CheckAgainstModel(c, got, true, 1e-5, what + ", bf16 model");
+  const std::vector<float> exact = RunValues(cpu::CpuBackend(Precision::kF32, cpu::CpuFeatures::Detect()), c);
+  double far = 0.0;
+  const int64_t n = c.H * c.dv;
+  for (int64_t t = 0; t < c.T; ++t) {
+    const double rel = RelL2(got.data() + t * n, exact.data() + t * n, n);
+    far = std::max(far, rel);
+    EXPECT_LE(rel, 1e-2) << what << ", vs f32: token " << t << " (" << c.n_keys[t] << " keys)";
+  }
+  std::printf("%s: vs bf16 model %.2e, vs f32 path %.2e\n", what.c_str(), worst, far);
+}
+
+TEST(MlaValuesAmx, FreshPrefill) {
+  if (!HaveAmxBf16()) return;
+  std::mt19937 rng(31);
+  // 150 tokens: 9 blocks of 16 and one of 6; keys in blocks of 64, 64 and 22.
+  const std::vector<int32_t> order(150, 0);
+  CheckCase(MakeValuesCase(16, 512, 64, 128, 64, {0}, order, false, rng), "V2-Lite shapes, pages of 64");
+  CheckCase(MakeValuesCase(16, 512, 64, 128, 7, {0}, order, true, rng), "V2-Lite shapes, shuffled pages of 7");
+}
+
+TEST(MlaValuesAmx, MixedBatch) {
+  if (!HaveAmxBf16()) return;
+  std::mt19937 rng(32);
+  // Sequence 0 fresh, 1 after 70 cached keys, 2 after 3: interleaved token by token (blocks of one
+  // row), then in runs (blocks of up to 16).
+  std::vector<int32_t> order;
+  for (int i = 0; i < 10; ++i) order.insert(order.end(), {0, 1});
+  for (int i = 0; i < 30; ++i) order.push_back(1);
+  for (int i = 0; i < 17; ++i) order.push_back(0);
+  for (int i = 0; i < 5; ++i) order.push_back(2);
+  CheckCase(MakeValuesCase(16, 512, 64, 128, 64, {0, 70, 3}, order, true, rng), "mixed, V2-Lite shapes");
+  // 5 heads; rows of 64 (two steps); dv = 40: the ones column in the padding of the last tile.
+  CheckCase(MakeValuesCase(5, 48, 16, 40, 7, {0, 70, 3}, order, true, rng), "mixed, 5 heads, dv 40");
+  // Rows of 48 (padded to 64), no rope of a multiple of 16, dv = 16 (the ones column a tile of its own).
+  CheckCase(MakeValuesCase(3, 40, 8, 16, 64, {0, 70, 3}, order, false, rng), "mixed, rows of 48, dv 16");
+  CheckCase(MakeValuesCase(20, 96, 32, 24, 7, {0, 70, 3}, order, true, rng), "mixed, 20 heads, dv 24");
+}
+
+TEST(MlaValuesAmx, LongCachedContext) {
+  if (!HaveAmxBf16()) return;
+  std::mt19937 rng(33);
+  // 40 new tokens after 300 cached keys: running maxima across six blocks of keys, the last partial.
+  CheckCase(MakeValuesCase(16, 512, 64, 128, 64, {300}, std::vector<int32_t>(40, 0), false, rng), "long");
+  // Keys that grow along the blocks (a later block holds the maximum): the rescaling of O matters.
+  ValuesCase c = MakeValuesCase(4, 64, 16, 32, 64, {200}, std::vector<int32_t>(20, 0), false, rng);
+  const int64_t W = c.R + c.P;
+  for (size_t i = 0; i < c.pool.size(); ++i) c.pool[i] *= 1.0f + 0.02f * static_cast<float>(i / W);
+  CheckCase(c, "growing scores");
+}
+
+TEST(MlaValuesAmx, TokenWithoutKeysGivesZeros) {
+  const bool amx = HaveAmxBf16();
+  std::mt19937 rng(34);
+  ValuesCase c = MakeValuesCase(3, 48, 16, 24, 16, {0, 0}, {0, 0, 1, 1, 1}, false, rng);
+  c.n_keys[2] = 0;  // as if token 2 saw nothing; token 3 is then a block's second row
+  const std::vector<float> got = RunAmx(c);
+  for (int64_t i = 0; i < c.H * c.dv; ++i) ASSERT_EQ(got[2 * c.H * c.dv + i], 0.0f);
+  for (float x : got) ASSERT_TRUE(std::isfinite(x));
+  if (amx) CheckAgainstModel(c, got, true, 1e-5, "no keys");
+}
+
+// Which path each precision takes: bf16 gives exactly what the AMX kernel gives where there is
+// AMX-BF16 (and is then measurably off the exact result), f32 always the exact path.
+TEST(MlaValuesAmx, PrecisionChoosesPath) {
+  const bool amx = HaveAmxBf16();
+  std::mt19937 rng(35);
+  const ValuesCase c = MakeValuesCase(16, 512, 64, 128, 64, {10}, std::vector<int32_t>(40, 0), false, rng);
+  const cpu::CpuFeatures detected = cpu::CpuFeatures::Detect();
+  const std::vector<float> bf16 = RunValues(cpu::CpuBackend(Precision::kBF16, detected), c);
+  const std::vector<float> f32 = RunValues(cpu::CpuBackend(Precision::kF32, detected), c);
+  // f32: the exact softmax of the f32 inputs (the AMX path is ~1e-3 away from it).
+  const double f32_err = CheckAgainstModel(c, f32, false, 1e-5, "f32 precision");
+  EXPECT_LT(f32_err, 1e-5);
+  const double bf16_err = CheckAgainstModel(c, bf16, false, 1e-1, "bf16 precision vs exact");
+  if (amx) {
+    std::vector<float> direct(bf16.size(), 0.0f);
+    MlaAttentionArgs a = c.Args();
+    a.values = c.token_values.data();
+    a.v_dim = c.dv;
+    a.v_head_stride = c.K * c.dv;
+    a.out = direct.data();
+    cpu::mla::amx::AttendValues(a, true);
+    EXPECT_EQ(std::memcmp(direct.data(), bf16.data(), bf16.size() * sizeof(float)), 0) << "bf16 took another path";
+    EXPECT_GT(bf16_err, 1e-4) << "bf16 as exact as f32: not the AMX path";
+  } else {
+    EXPECT_EQ(std::memcmp(f32.data(), bf16.data(), f32.size() * sizeof(float)), 0) << "no AMX-BF16: bf16 is f32";
+  }
+  // Without AVX-512 (the scalar kernels) bf16 never reaches the AMX kernel either.
+  cpu::CpuFeatures scalar = detected;
+  scalar.avx512 = false;
+  EXPECT_LT(CheckAgainstModel(c, RunValues(cpu::CpuBackend(Precision::kBF16, scalar), c), false, 1e-5, "scalar bf16"),
+            1e-5);
+}
+
+// Several threads calling at once, each with its own tile configuration and scratch: the same
+// results as one call alone.
+TEST(MlaValuesAmx, ConcurrentCallers) {
+  HaveAmxBf16();
+  std::mt19937 rng(36);
+  const ValuesCase c = MakeValuesCase(16, 512, 64, 128, 64, {20}, std::vector<int32_t>(60, 0), false, rng);
+  const std::vector<float> want = RunAmx(c);
+  std::vector<std::vector<float>> got(3);
+  std::vector<std::thread> threads;
+  for (auto& g : got)
+    threads.emplace_back([&c, &g] {
+      for (int i = 0; i < 3; ++i) g = RunAmx(c);
+    });
+  for (auto& th : threads) th.join();
+  for (const auto& g : got) EXPECT_EQ(std::memcmp(g.data(), want.data(), want.size() * sizeof(float)), 0);
+}
+
+}  // namespace
+}  // namespace moerun
