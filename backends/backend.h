@@ -5,6 +5,7 @@
 // unspecified; the session reports MOERUN_ERR_OUT_OF_MEMORY and a retry computes the same numbers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -88,19 +89,21 @@ struct MlaAttentionArgs {
   // counting multiply-adds alike (the expansion is a GEMM, faster per multiply-add than the
   // attention, so the rule leans towards latent). A fresh prompt always expands, and so does a
   // 512-token chunk at 4k of context (~3x fewer multiply-adds); decode and short chunks at long
-  // context stay latent. The expanded values (keys · heads · v_dim floats) are kept under
-  // kMaxValuesBytes.
+  // context stay latent.
   static constexpr int64_t kMinValuesTokens = 16;
-  static constexpr int64_t kMaxValuesBytes = int64_t{64} << 20;
-  static bool PreferValues(int64_t n_tokens, int64_t pairs, int64_t keys_to_expand, int64_t n_heads,
-                              int64_t kv_rank, int64_t v_dim) {
+  static bool PreferValues(int64_t n_tokens, int64_t pairs, int64_t keys_to_expand, int64_t kv_rank, int64_t v_dim) {
     if (n_tokens < kMinValuesTokens || kv_rank <= v_dim) return false;
-    const double keys = static_cast<double>(keys_to_expand);
-    if (keys * static_cast<double>(n_heads) * static_cast<double>(v_dim) * sizeof(float) >
-        static_cast<double>(kMaxValuesBytes))
-      return false;
     return static_cast<double>(pairs) * static_cast<double>(kv_rank - v_dim) >=
-           (keys - static_cast<double>(n_tokens)) * static_cast<double>(kv_rank) * static_cast<double>(v_dim);
+           (static_cast<double>(keys_to_expand) - static_cast<double>(n_tokens)) * static_cast<double>(kv_rank) *
+               static_cast<double>(v_dim);
+  }
+  // Heads whose expanded values (keys · v_dim floats each) fit in budget_bytes, at most n_heads: the
+  // values path runs its heads in passes of that many; 0 means not even one head fits (latent then).
+  static constexpr int64_t kMaxValuesBytes = int64_t{64} << 20;
+  static int64_t ValuesHeadsPerPass(int64_t keys_to_expand, int64_t n_heads, int64_t v_dim, int64_t budget_bytes) {
+    const int64_t per_head = std::max<int64_t>(keys_to_expand, 1) * std::max<int64_t>(v_dim, 1) *
+                             static_cast<int64_t>(sizeof(float));
+    return std::min(n_heads, budget_bytes / per_head);
   }
 };
 

@@ -17,8 +17,9 @@ constexpr float kInnerNormEps = 1e-6f;
 
 enum ScratchSlot : size_t {
   kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kGate, kUp, kGathered, kExpertOut, kRouterLogits, kRouteScratch,
-  kNormedLatent,
+  kNormedLatent, kPassLatent, kPassRope, kPassOut, kNumScratchSlots
 };
+static_assert(kNumScratchSlots <= Session::kScratchSlots, "Session::kScratchSlots is too small");
 
 void EmbeddingRow(const EmbeddingTable& t, int64_t id, float* out) {
   const uint64_t base = static_cast<uint64_t>(id) * t.cols;
@@ -126,7 +127,8 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   // Values path (prefill, MlaAttentionArgs::PreferValues): every key of the batch's sequences, up to
   // each sequence's last token in the batch, is expanded once, V[j, h] = W_UV^h ĉ_j, and attention
   // writes the heads directly. The key latents are gathered from the cache into kKv (its rows are in
-  // the cache already) and V goes to kAttnOut, which the latent path's output would use.
+  // the cache already) and V goes to kAttnOut, which the latent path's output would use; when the
+  // values of all heads would exceed the session's values_scratch_bytes, heads go in passes.
   const int64_t n_seq = cache_.max_sequences();
   std::vector<int64_t>& seq_first = seq_first_key_;  // sized n_seq + 1 at creation
   std::fill(seq_first.begin(), seq_first.end(), 0);
@@ -135,20 +137,41 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   const int64_t K = seq_first[n_seq];
   int64_t pairs = 0;
   for (int64_t t = 0; t < T; ++t) pairs += n_keys_[t];
-  if (MlaAttentionArgs::PreferValues(T, pairs, K, H, R, dv)) {
+  const int64_t per_pass = MlaAttentionArgs::ValuesHeadsPerPass(K, H, dv, options_.values_scratch_bytes);
+  if (per_pass > 0 && MlaAttentionArgs::PreferValues(T, pairs, K, R, dv)) {
     float* keys = Scratch(kKv, K * R);
     for (int64_t s = 0; s < n_seq; ++s)
       for (int64_t j = 0; j < seq_first[s + 1] - seq_first[s]; ++j)
         std::memcpy(keys + (seq_first[s] + j) * R, a.cache.Row(cache_.pages(s), j), R * sizeof(float));
-    float* v = Scratch(kAttnOut, H * K * dv);  // [H, K, dv]
-    be.LinearBatch(head_views_.data(), H, keys, 0, R, K, v, K * dv, dv);
     token_values_.resize(static_cast<size_t>(T));  // may throw bad_alloc: Decode reports it
-    for (int64_t t = 0; t < T; ++t) token_values_[t] = v + seq_first[seq_of_[t]] * dv;
     a.values = token_values_.data();
     a.v_dim = dv;
     a.v_head_stride = K * dv;
-    a.out = heads;
-    be.MlaAttention(a);
+    for (int64_t h0 = 0; h0 < H; h0 += per_pass) {
+      const int64_t hg = std::min(per_pass, H - h0);
+      float* v = Scratch(kAttnOut, hg * K * dv);  // [hg, K, dv]
+      be.LinearBatch(head_views_.data() + h0, hg, keys, 0, R, K, v, K * dv, dv);
+      for (int64_t t = 0; t < T; ++t) token_values_[t] = v + seq_first[seq_of_[t]] * dv;
+      a.n_heads = hg;
+      if (hg == H) {
+        a.out = heads;
+        be.MlaAttention(a);
+        continue;
+      }
+      // A pass over some of the heads: their queries gathered, their outputs put in place.
+      float* pl = Scratch(kPassLatent, T * hg * R);
+      float* pr = Scratch(kPassRope, T * hg * dr);
+      float* po = Scratch(kPassOut, T * hg * dv);
+      for (int64_t t = 0; t < T; ++t) {
+        std::memcpy(pl + t * hg * R, q_lat + (t * H + h0) * R, hg * R * sizeof(float));
+        std::memcpy(pr + t * hg * dr, q_rope + (t * H + h0) * dr, hg * dr * sizeof(float));
+      }
+      a.q_latent = pl;
+      a.q_rope = pr;
+      a.out = po;
+      be.MlaAttention(a);
+      for (int64_t t = 0; t < T; ++t) std::memcpy(heads + (t * H + h0) * dv, po + t * hg * dv, hg * dv * sizeof(float));
+    }
   } else {
     a.out = Scratch(kAttnOut, T * H * R);
     be.MlaAttention(a);

@@ -13,6 +13,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (options.max_sequences == 0) return InvalidArgument("max_sequences must be positive");
   if (options.kv_capacity == 0) return InvalidArgument("kv_capacity must be positive");
   if (options.n_threads < 0) return InvalidArgument("n_threads must be >= 0");
+  if (options.values_scratch_bytes < 0) return InvalidArgument("values_scratch_bytes must be >= 0");
   std::unique_ptr<Session> s(new (std::nothrow) Session(std::move(model)));
   if (!s) return OutOfMemory("allocating a session");
   s->options_ = options;
@@ -21,7 +22,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
                                         options.max_sequences));
   try {
     s->buffers_.resize(3);
-    s->scratch_.resize(16);
+    s->scratch_.resize(kScratchSlots);
     s->head_views_.resize(c.num_heads);
     s->expert_offset_.resize(c.n_routed_experts + 1);
     s->expert_next_.resize(c.n_routed_experts);

@@ -16,6 +16,8 @@ struct SessionOptions {
   uint32_t max_sequences = 1;
   uint32_t max_batch_tokens = 512;
   int32_t n_threads = 0;  // 0 = the model's default
+  // Prefill attention's expanded values (MlaAttentionArgs::ValuesHeadsPerPass) stay under this.
+  int64_t values_scratch_bytes = MlaAttentionArgs::kMaxValuesBytes;
 };
 
 struct Batch {
@@ -29,6 +31,7 @@ struct Batch {
 class Session {
  public:
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model, const SessionOptions& options);
+  static constexpr size_t kScratchSlots = 20;  // executor.cc's scratch buffers
 
   // Appends the batch to its sequences and computes the requested logits. On failure the sequences
   // are as before the call; a batch rejected before the forward pass (invalid, KV cache full, no

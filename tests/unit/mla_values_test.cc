@@ -126,38 +126,44 @@ TEST(MlaValuesPath, TokenWithoutKeysGivesZeros) {
 TEST(MlaValuesPath, PathChoice) {
   // DeepSeek-V2-Lite's attention (16 heads, kv_rank 512, v_dim 128); a chunk of n tokens of one
   // sequence after `cached` keys, whose tokens see cached + 1 ... cached + n keys.
-  auto prefer = [](int64_t n, int64_t cached, int64_t heads = 16) {
+  auto prefer = [](int64_t n, int64_t cached) {
     const int64_t pairs = n * cached + n * (n + 1) / 2;
-    return MlaAttentionArgs::PreferValues(n, pairs, cached + n, heads, 512, 128);
+    return MlaAttentionArgs::PreferValues(n, pairs, cached + n, 512, 128);
   };
   struct Case {
-    int64_t n, cached, heads;
+    int64_t n, cached;
     bool values;
     const char* why;
   };
   for (const Case& c : {
-           Case{1, 0, 16, false, "decode"},
-           Case{1, 3999, 16, false, "decode at 4k"},
-           Case{8, 0, 16, false, "a few tokens: the latent path"},
-           Case{16, 0, 16, true, "fresh prefill: nothing extra to expand"},
-           Case{512, 0, 16, true, "fresh prefill"},
-           // 512-token chunks of a 4k or 8k prompt expand; at 64 tokens the expansion pays only
-           // while the cached keys are few (pairs · 384 >= cached · 65536: up to 19).
-           Case{512, 512, 16, true, "chunk 2"},
-           Case{512, 3584, 16, true, "chunk 8 of a 4k prompt"},
-           Case{512, 7680, 16, true, "chunk 16 of an 8k prompt"},
-           Case{64, 19, 16, true, "64 tokens after 19"},
-           Case{64, 20, 16, false, "64 tokens after 20"},
-           Case{64, 4000, 16, false, "64 tokens at 4k"},
-           Case{16, 4080, 16, false, "16 tokens at 4k"},
-           // The expanded values stay under 64 MiB: 8192 keys of 16 heads x 128 floats, 1024 of 128.
-           Case{512, 7681, 16, false, "over the values budget"},
-           Case{512, 512, 128, true, "128 heads, 1024 keys"},
-           Case{512, 513, 128, false, "128 heads, over the budget"},
+           Case{1, 0, false, "decode"},
+           Case{1, 3999, false, "decode at 4k"},
+           Case{8, 0, false, "a few tokens: the latent path"},
+           Case{16, 0, true, "fresh prefill: nothing extra to expand"},
+           Case{512, 0, true, "fresh prefill"},
+           // 512-token chunks of a long prompt expand; at 64 tokens the expansion pays only while
+           // the cached keys are few (pairs · 384 >= cached · 65536: up to 19).
+           Case{512, 512, true, "chunk 2"},
+           Case{512, 3584, true, "chunk 8 of a 4k prompt"},
+           Case{512, 7680, true, "chunk 16 of an 8k prompt"},
+           Case{64, 19, true, "64 tokens after 19"},
+           Case{64, 20, false, "64 tokens after 20"},
+           Case{64, 4000, false, "64 tokens at 4k"},
+           Case{16, 4080, false, "16 tokens at 4k"},
+           Case{512, 31 * 512, true, "chunk 32 of a 16k prompt"},
        })
-    EXPECT_EQ(prefer(c.n, c.cached, c.heads), c.values) << c.why;
+    EXPECT_EQ(prefer(c.n, c.cached), c.values) << c.why;
   // No gain without a narrower value.
-  EXPECT_FALSE(MlaAttentionArgs::PreferValues(512, 512 * 513 / 2, 512, 16, 128, 128));
+  EXPECT_FALSE(MlaAttentionArgs::PreferValues(512, 512 * 513 / 2, 512, 128, 128));
+  // Heads per pass under the 64 MiB budget: all 16 of V2-Lite up to 8192 keys, V3's 128 heads in
+  // passes of 32 at 4096 keys, 1 head up to 131072 keys, none beyond.
+  constexpr int64_t kBudget = MlaAttentionArgs::kMaxValuesBytes;
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(8192, 16, 128, kBudget), 16);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(8193, 16, 128, kBudget), 15);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(4096, 128, 128, kBudget), 32);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(131072, 128, 128, kBudget), 1);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(131073, 128, 128, kBudget), 0);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(100, 16, 128, 0), 0);
 }
 
 // Session level: a batch that takes the values path (a fresh sequence and a continued one, mixed)
@@ -181,7 +187,8 @@ std::vector<int32_t> Ids(int n, int seed) {
   return v;
 }
 
-void CheckSessionAgainstDecode(const std::string& backend) {
+// values_scratch_bytes picks how many heads go per pass (0: the latent path for the batch too).
+void CheckSessionAgainstDecode(const std::string& backend, int64_t values_scratch_bytes, int64_t heads_per_pass) {
   auto m = LoadTiny(backend);
   ASSERT_TRUE(m);
   const int64_t V = m->config().vocab_size;
@@ -206,6 +213,7 @@ void CheckSessionAgainstDecode(const std::string& backend) {
   }
   // b's first 8 tokens alone, then one batch: all of a (fresh) interleaved with b's other 32
   // (continuing after 8 cached keys). 62 tokens, 30 + 40 keys to expand: the values path.
+  so.values_scratch_bytes = values_scratch_bytes;
   auto s = Session::Create(m, so).value();
   {
     Batch first;
@@ -225,8 +233,10 @@ void CheckSessionAgainstDecode(const std::string& backend) {
   const ModelConfig& c = m->config();
   int64_t pairs = 0;
   for (int32_t p : pos) pairs += p + 1;
-  ASSERT_TRUE(MlaAttentionArgs::PreferValues(T, pairs, 30 + 40, c.num_heads, c.kv_lora_rank, c.v_head_dim));
-  ASSERT_FALSE(MlaAttentionArgs::PreferValues(1, 2, 1 + 1, c.num_heads, c.kv_lora_rank, c.v_head_dim));
+  ASSERT_TRUE(MlaAttentionArgs::PreferValues(T, pairs, 30 + 40, c.kv_lora_rank, c.v_head_dim));
+  ASSERT_FALSE(MlaAttentionArgs::PreferValues(1, 2, 1 + 1, c.kv_lora_rank, c.v_head_dim));
+  ASSERT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(30 + 40, c.num_heads, c.v_head_dim, values_scratch_bytes),
+            heads_per_pass);
   const std::vector<uint8_t> all(T, 1);
   Batch batch;
   batch.n_tokens = T;
@@ -237,13 +247,18 @@ void CheckSessionAgainstDecode(const std::string& backend) {
   for (int64_t t = 0; t < T; ++t) {
     const std::vector<float>& want = one_by_one[seqs[t]][pos[t]];
     EXPECT_LT(RelL2(s->Logits(t).value(), want.data(), V), 1e-5)
-        << backend << ": batch token " << t << ", sequence " << seqs[t] << " position " << pos[t];
+        << backend << ", " << heads_per_pass << " heads per pass: batch token " << t << ", sequence " << seqs[t]
+        << " position " << pos[t];
   }
 }
 
 TEST(MlaValuesPath, SessionBatchMatchesTokenByTokenDecode) {
-  CheckSessionAgainstDecode("cpu");
-  CheckSessionAgainstDecode("reference");
+  // The tiny model: 2 heads of 24 values; 70 keys take 6720 bytes per head.
+  for (const std::string backend : {"cpu", "reference"}) {
+    CheckSessionAgainstDecode(backend, MlaAttentionArgs::kMaxValuesBytes, 2);
+    CheckSessionAgainstDecode(backend, 2 * 6720 - 1, 1);  // one head per pass
+    CheckSessionAgainstDecode(backend, 6720 - 1, 0);      // no room: latent
+  }
 }
 
 }  // namespace
