@@ -38,7 +38,7 @@ void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
         for (int64_t i = 0; i < dv; ++i) {
           double acc = 0.0;
           for (int64_t j = 0; j < n; ++j) acc += scores[j] * in(a.values[t][h * a.v_head_stride + j * dv + i]);
-          o[i] = static_cast<float>(acc / sum);
+          o[i] = sum > 0.0 ? static_cast<float>(acc / sum) : 0.0f;  // no keys: zero, as the CPU backend
         }
         continue;
       }
@@ -46,7 +46,7 @@ void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
       for (int64_t i = 0; i < R; ++i) {
         double acc = 0.0;
         for (int64_t j = 0; j < n; ++j) acc += scores[j] * a.cache.Row(a.token_pages[t], j)[i];
-        o[i] = static_cast<float>(acc / sum);
+        o[i] = sum > 0.0 ? static_cast<float>(acc / sum) : 0.0f;
       }
     }
   }

@@ -121,6 +121,12 @@ TEST(MlaValuesPath, TokenWithoutKeysGivesZeros) {
     for (int64_t i = 0; i < c.H * c.dv; ++i) ASSERT_EQ(got[2 * c.H * c.dv + i], 0.0f) << v.name;
     for (float x : got) ASSERT_TRUE(std::isfinite(x)) << v.name;
   }
+  // The reference backend (the conformance oracle) agrees, on both paths' precisions.
+  for (Precision p : {Precision::kF32, Precision::kBF16}) {
+    const std::vector<float> got = RunValues(reference::ReferenceBackend(p), c);
+    for (int64_t i = 0; i < c.H * c.dv; ++i) ASSERT_EQ(got[2 * c.H * c.dv + i], 0.0f) << "reference";
+    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "reference";
+  }
 }
 
 TEST(MlaValuesPath, PathChoice) {
