@@ -97,13 +97,15 @@ struct MlaAttentionArgs {
            (static_cast<double>(keys_to_expand) - static_cast<double>(n_tokens)) * static_cast<double>(kv_rank) *
                static_cast<double>(v_dim);
   }
-  // Heads whose expanded values (keys · v_dim floats each) fit in budget_bytes, at most n_heads: the
-  // values path runs its heads in passes of that many; 0 means not even one head fits (latent then).
+  // The values path's scratch, the gathered key latents (keys · kv_rank floats) and one pass of
+  // expanded values (keys · v_dim floats per head), stays within budget_bytes: this many heads per
+  // pass, at most n_heads; 0 means not even one head fits (the latent path then).
   static constexpr int64_t kMaxValuesBytes = int64_t{64} << 20;
-  static int64_t ValuesHeadsPerPass(int64_t keys_to_expand, int64_t n_heads, int64_t v_dim, int64_t budget_bytes) {
-    const int64_t per_head = std::max<int64_t>(keys_to_expand, 1) * std::max<int64_t>(v_dim, 1) *
-                             static_cast<int64_t>(sizeof(float));
-    return std::min(n_heads, budget_bytes / per_head);
+  static int64_t ValuesHeadsPerPass(int64_t keys_to_expand, int64_t n_heads, int64_t kv_rank, int64_t v_dim,
+                                    int64_t budget_bytes) {
+    const int64_t keys = std::max<int64_t>(keys_to_expand, 1), f = static_cast<int64_t>(sizeof(float));
+    const int64_t left = budget_bytes - keys * kv_rank * f;
+    return left <= 0 ? 0 : std::min(n_heads, left / (keys * std::max<int64_t>(v_dim, 1) * f));
   }
 };
 

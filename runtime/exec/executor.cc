@@ -127,8 +127,8 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   // Values path (prefill, MlaAttentionArgs::PreferValues): every key of the batch's sequences, up to
   // each sequence's last token in the batch, is expanded once, V[j, h] = W_UV^h ĉ_j, and attention
   // writes the heads directly. The key latents are gathered from the cache into kKv (its rows are in
-  // the cache already) and V goes to kAttnOut, which the latent path's output would use; when the
-  // values of all heads would exceed the session's values_scratch_bytes, heads go in passes.
+  // the cache already) and V goes to kAttnOut, which the latent path's output would use; when that
+  // scratch for all heads would exceed the session's values_scratch_bytes, heads go in passes.
   const int64_t n_seq = cache_.max_sequences();
   std::vector<int64_t>& seq_first = seq_first_key_;  // sized n_seq + 1 at creation
   std::fill(seq_first.begin(), seq_first.end(), 0);
@@ -137,7 +137,7 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   const int64_t K = seq_first[n_seq];
   int64_t pairs = 0;
   for (int64_t t = 0; t < T; ++t) pairs += n_keys_[t];
-  const int64_t per_pass = MlaAttentionArgs::ValuesHeadsPerPass(K, H, dv, options_.values_scratch_bytes);
+  const int64_t per_pass = MlaAttentionArgs::ValuesHeadsPerPass(K, H, R, dv, options_.values_scratch_bytes);
   if (per_pass > 0 && MlaAttentionArgs::PreferValues(T, pairs, K, R, dv)) {
     float* keys = Scratch(kKv, K * R);
     for (int64_t s = 0; s < n_seq; ++s)

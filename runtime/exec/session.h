@@ -16,7 +16,7 @@ struct SessionOptions {
   uint32_t max_sequences = 1;
   uint32_t max_batch_tokens = 512;
   int32_t n_threads = 0;  // 0 = the model's default
-  // Prefill attention's expanded values (MlaAttentionArgs::ValuesHeadsPerPass) stay under this.
+  // Prefill attention's values-path scratch (MlaAttentionArgs::ValuesHeadsPerPass) stays under this.
   int64_t values_scratch_bytes = MlaAttentionArgs::kMaxValuesBytes;
 };
 

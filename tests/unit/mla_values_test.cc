@@ -161,15 +161,17 @@ TEST(MlaValuesPath, PathChoice) {
     EXPECT_EQ(prefer(c.n, c.cached), c.values) << c.why;
   // No gain without a narrower value.
   EXPECT_FALSE(MlaAttentionArgs::PreferValues(512, 512 * 513 / 2, 512, 128, 128));
-  // Heads per pass under the 64 MiB budget: all 16 of V2-Lite up to 8192 keys, V3's 128 heads in
-  // passes of 32 at 4096 keys, 1 head up to 131072 keys, none beyond.
+  // Heads per pass under the 64 MiB budget (key latents of 512 floats, values of 128 per head):
+  // all 16 of V2-Lite at 4096 keys (8 + 32 MiB), 12 at 8192 (16 + 48); V3's 128 heads 28 at a time
+  // at 4096 keys; one head up to 26214 keys; none once the key latents alone take the budget.
   constexpr int64_t kBudget = MlaAttentionArgs::kMaxValuesBytes;
-  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(8192, 16, 128, kBudget), 16);
-  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(8193, 16, 128, kBudget), 15);
-  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(4096, 128, 128, kBudget), 32);
-  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(131072, 128, 128, kBudget), 1);
-  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(131073, 128, 128, kBudget), 0);
-  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(100, 16, 128, 0), 0);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(4096, 16, 512, 128, kBudget), 16);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(8192, 16, 512, 128, kBudget), 12);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(4096, 128, 512, 128, kBudget), 28);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(26214, 128, 512, 128, kBudget), 1);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(26215, 128, 512, 128, kBudget), 0);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(32768, 16, 512, 128, kBudget), 0);
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(100, 16, 512, 128, 0), 0);
 }
 
 // Session level: a batch that takes the values path (a fresh sequence and a continued one, mixed)
@@ -241,7 +243,8 @@ void CheckSessionAgainstDecode(const std::string& backend, int64_t values_scratc
   for (int32_t p : pos) pairs += p + 1;
   ASSERT_TRUE(MlaAttentionArgs::PreferValues(T, pairs, 30 + 40, c.kv_lora_rank, c.v_head_dim));
   ASSERT_FALSE(MlaAttentionArgs::PreferValues(1, 2, 1 + 1, c.kv_lora_rank, c.v_head_dim));
-  ASSERT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(30 + 40, c.num_heads, c.v_head_dim, values_scratch_bytes),
+  ASSERT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(30 + 40, c.num_heads, c.kv_lora_rank, c.v_head_dim,
+                                                values_scratch_bytes),
             heads_per_pass);
   const std::vector<uint8_t> all(T, 1);
   Batch batch;
@@ -259,11 +262,11 @@ void CheckSessionAgainstDecode(const std::string& backend, int64_t values_scratc
 }
 
 TEST(MlaValuesPath, SessionBatchMatchesTokenByTokenDecode) {
-  // The tiny model: 2 heads of 24 values; 70 keys take 6720 bytes per head.
+  // The tiny model: 70 keys of 48 latent floats (13440 bytes), 2 heads of 24 values (6720 bytes each).
   for (const std::string backend : {"cpu", "reference"}) {
     CheckSessionAgainstDecode(backend, MlaAttentionArgs::kMaxValuesBytes, 2);
-    CheckSessionAgainstDecode(backend, 2 * 6720 - 1, 1);  // one head per pass
-    CheckSessionAgainstDecode(backend, 6720 - 1, 0);      // no room: latent
+    CheckSessionAgainstDecode(backend, 13440 + 2 * 6720 - 1, 1);  // one head per pass
+    CheckSessionAgainstDecode(backend, 13440 + 6720 - 1, 0);      // no room: latent
   }
 }
 
