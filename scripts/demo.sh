@@ -14,7 +14,9 @@ mkdir -p "$out"
 echo "== convert"
 "$moerun" convert tests/data/golden/v3_bf16 -o "$out/v3_tiny.moerun"
 echo "== inspect"
-"$moerun" inspect "$out/v3_tiny.moerun" | head -n 9
+# Into a file first: with pipefail, `inspect | head` fails whenever head exits before inspect is done.
+"$moerun" inspect "$out/v3_tiny.moerun" > "$out/inspect.txt"
+head -n 9 "$out/inspect.txt"
 echo "== generate (greedy)"
 "$moerun" run "$out/v3_tiny.moerun" --ids 0,17,42,99,7 --max-tokens 24 --greedy
 echo "== generate (temperature 0.8, top-k 40, top-p 0.95, seed 7)"
