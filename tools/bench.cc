@@ -55,7 +55,7 @@ struct ActiveWork {
   // One routed expert's bytes (gate, up, down and their scales) per layer: a decode step at batch > 1
   // reads every distinct expert its tokens chose once, counted from the session's expert counts.
   std::vector<uint64_t> expert_bytes;  // [num_layers]
-  uint64_t routed_bytes_at_batch1 = 0;  // num_experts_per_tok of them per MoE layer, in weight_bytes
+  uint32_t experts_per_token = 0;      // of them in weight_bytes, per MoE layer
   uint64_t matmul_params = 0;  // all of them: body + head
   uint64_t head_params = 0;
   double PrefillMatmulOps(int64_t tokens) const {
@@ -69,6 +69,7 @@ ActiveWork Active(const ModelFile& f) {
   const ModelConfig& c = f.config();
   ActiveWork a;
   a.expert_bytes.assign(c.num_layers, 0);
+  a.experts_per_token = c.num_experts_per_tok;
   for (const fb::Node* n : *f.graph()->nodes()) {
     if (!n->weights()) continue;
     for (const fb::WeightSlot* w : *n->weights()) {
@@ -81,7 +82,6 @@ ActiveWork Active(const ModelFile& f) {
         case fb::Role::ExpertsGate: case fb::Role::ExpertsUp: case fb::Role::ExpertsDown:
           a.q8_weights = a.q8_weights || t.dtype == DType::kQ8Panel;
           a.weight_bytes += bytes / c.n_routed_experts * c.num_experts_per_tok;
-          a.routed_bytes_at_batch1 += bytes / c.n_routed_experts * c.num_experts_per_tok;
           if (n->layer() >= 0 && n->layer() < static_cast<int32_t>(c.num_layers))
             a.expert_bytes[n->layer()] += bytes / c.n_routed_experts;
           a.matmul_params += t.numel / c.n_routed_experts * c.num_experts_per_tok;
@@ -343,7 +343,8 @@ class Bench {
   // Weight bytes one step read: everything but the routed experts, plus each distinct expert run.
   static double StepBytes(const ActiveWork& work, const std::vector<uint64_t>& before,
                           const std::vector<uint64_t>& after) {
-    double bytes = static_cast<double>(work.weight_bytes - work.routed_bytes_at_batch1);
+    double bytes = static_cast<double>(work.weight_bytes);
+    for (uint64_t b : work.expert_bytes) bytes -= static_cast<double>(b) * work.experts_per_token;
     const size_t layers = work.expert_bytes.size(), E = layers ? after.size() / layers : 0;
     for (size_t i = 0; i < after.size(); ++i)
       if (after[i] != before[i]) bytes += static_cast<double>(work.expert_bytes[i / E]);
