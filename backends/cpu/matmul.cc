@@ -146,13 +146,13 @@ void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x,
   if (shared) {
     const q8::ActivationBuffers a = ThreadActivations(2, M, w[0].cols);
     q8::QuantizeActivations(x, ldx, M, w[0].cols, a.xq, a.xs, a.xsum);
-#pragma omp parallel for schedule(static) if (across)
+#pragma omp parallel for schedule(dynamic, 1) if (across)
     for (int64_t i = 0; i < count; ++i)
       q8::LinearInt8(w[i], a.xq, a.xs, a.xsum, M, y + i * y_step, M == 1 ? w[i].rows : ldy);
     return;
   }
   ParallelErrors errors;
-#pragma omp parallel for schedule(static) if (across)
+#pragma omp parallel for schedule(dynamic, 1) if (across)
   for (int64_t i = 0; i < count; ++i) {
     if (!errors.failed()) errors.Capture([&] { Linear(w[i], x + i * x_step, ldx, M, y + i * y_step, ldy); });
   }

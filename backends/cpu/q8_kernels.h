@@ -14,9 +14,9 @@
 // bytes: Σ (q_w + 128)·q_x = Σ q_w·q_x + 128·Σ q_x).
 // Weights are read in place: nothing here allocates or repacks them.
 //
-// Threading: the Linear kernels split panels into contiguous per-thread ranges with OpenMP when the
-// matrix is big enough; called inside an outer parallel region they run on the calling thread
-// (nested parallelism stays off).
+// Threading: the Linear kernels split panels between OpenMP threads when the matrix is big enough
+// (VNNI and f32: contiguous per-thread ranges; AMX: chunks taken in turn); called inside an outer
+// parallel region they run on the calling thread (nested parallelism stays off).
 #pragma once
 
 #include <cstdint>
