@@ -180,7 +180,7 @@ class Bench {
       if (!ok) return Fail(err, "first token");
     }
 
-    std::vector<double> prefill_tps, prefill_fraction;
+    std::vector<double> prefill_tps, prefill_fraction, prefill_bytes, prefill_roofline;
     std::vector<std::vector<double>> decode_tps(o_.batches.size());
     std::vector<std::vector<double>> decode_bytes(o_.batches.size());  // weight bytes per step, per repeat
     for (int64_t r = 0; r < o_.repeat; ++r) {
@@ -192,12 +192,21 @@ class Bench {
       // reported too).
       auto probe_now = [&] { return int8_path ? GemmPeakInt8(threads) : GemmPeakBf16(threads); };
       const double probe_before = probe_now();
+      bool ok = ExpertCounts(s, &counts_before_);
       const double p0 = Now();
-      bool ok = Decode(s, ids.data(), static_cast<uint32_t>(o_.prompt), nullptr);
+      ok = ok && Decode(s, ids.data(), static_cast<uint32_t>(o_.prompt), nullptr);
       const double prefill_s = Now() - p0;
+      ok = ok && ExpertCounts(s, &counts_after_);
       const double probe = std::max(probe_before, probe_now());
       prefill_tps.push_back(o_.prompt / prefill_s);
       if (probe > 0) prefill_fraction.push_back(work.PrefillMatmulOps(o_.prompt) / prefill_s / probe);
+      // The prefill's roofline: its matmul work at the GEMM probe or its weights (every distinct
+      // routed expert it ran, once) at the read probe, whichever takes longer. A prompt of a few
+      // hundred tokens runs nearly every expert on few rows each, so both roofs are close.
+      const double bytes = StepBytes(work, counts_before_, counts_after_);
+      prefill_bytes.push_back(bytes);
+      if (probe > 0 && bw > 0)
+        prefill_roofline.push_back(std::max(work.PrefillMatmulOps(o_.prompt) / probe, bytes / bw) / prefill_s);
       for (size_t bi = 0; ok && bi < o_.batches.size(); ++bi) {
         const int B = o_.batches[bi];
         moerun_session_clear(s);
@@ -250,26 +259,31 @@ class Bench {
     }
 
     const Stat pf = Summarise(prefill_tps), pfrac = Summarise(prefill_fraction);
+    const Stat pbytes = Summarise(prefill_bytes), proof = Summarise(prefill_roofline);
     const double prefill_flops = pf.median / static_cast<double>(o_.prompt) * work.PrefillMatmulOps(o_.prompt);
-    char buf[1024];
+    char buf[2048];
     std::snprintf(buf, sizeof(buf),
                   "{\"threads\": %d, \"load_s\": %.4f, \"time_to_first_token_s\": %.4f, "
                   "\"bandwidth_probe_gb_per_s\": %.3f, \"gemm_peak_probe_bf16_gflop_per_s\": %.2f, "
                   "\"gemm_peak_probe_int8_gop_per_s\": %.2f, \"gemm_probe_used\": \"%s\", "
                   "\"prefill\": {\"tokens\": %lld, \"tokens_per_s\": %s, \"matmul_gflop_per_s\": %.2f, "
-                  "\"fraction_of_gemm_peak\": %.4f, \"fraction_of_adjacent_gemm_probe\": %s}, \"decode\": [",
+                  "\"fraction_of_gemm_peak\": %.4f, \"fraction_of_adjacent_gemm_probe\": %s, "
+                  "\"weight_bytes\": %.0f, \"fraction_of_roofline\": %s}, \"decode\": [",
                   threads, load_s, ttft, bw / 1e9, peak_bf16 / 1e9, peak_int8 / 1e9, int8_path ? "int8" : "bf16",
                   static_cast<long long>(o_.prompt), Json(pf).c_str(), prefill_flops / 1e9,
-                  peak > 0 ? prefill_flops / peak : 0.0, Json(pfrac).c_str());
+                  peak > 0 ? prefill_flops / peak : 0.0, Json(pfrac).c_str(), pbytes.median, Json(proof).c_str());
     *out += buf;
     std::snprintf(buf, sizeof(buf),
                   "%d thread(s): load %.3f s, first token %.3f s; probes: read %.2f GB/s, GEMM bf16 %.1f GFLOP/s, "
                   "int8 %.1f GOP/s\n"
                   "  prefill %-5lld %9.2f tok/s [%.2f, %.2f]  %.1f GFLOP/s = %.1f%% of the %s GEMM probe; "
-                  "%.1f%% [%.1f, %.1f] of the faster of the probes taken right before and after each prefill\n",
+                  "%.1f%% [%.1f, %.1f] of the faster of the probes taken right before and after each prefill; "
+                  "%.1f%% [%.1f, %.1f] of its roofline (that probe, or reading its %.1f MiB of weights at the read "
+                  "probe, whichever is slower)\n",
                   threads, load_s, ttft, bw / 1e9, peak_bf16 / 1e9, peak_int8 / 1e9, static_cast<long long>(o_.prompt),
                   pf.median, pf.min, pf.max, prefill_flops / 1e9, peak > 0 ? 100.0 * prefill_flops / peak : 0.0,
-                  int8_path ? "int8" : "bf16", 100.0 * pfrac.median, 100.0 * pfrac.min, 100.0 * pfrac.max);
+                  int8_path ? "int8" : "bf16", 100.0 * pfrac.median, 100.0 * pfrac.min, 100.0 * pfrac.max,
+                  100.0 * proof.median, 100.0 * proof.min, 100.0 * proof.max, pbytes.median / 1048576.0);
     *text += buf;
     for (size_t bi = 0; bi < o_.batches.size(); ++bi) {
       const Stat d = Summarise(decode_tps[bi]), step_bytes = Summarise(decode_bytes[bi]);
