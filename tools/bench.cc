@@ -1,6 +1,7 @@
 // `moerun bench`: prefill and decode speed judged against floors measured in the same process: a
 // memory read-bandwidth probe for decode (every decode token streams its active weights and its KV
-// cache) and a bf16 GEMM probe for prefill. Figures are medians over --repeat runs, with min and max.
+// cache) and a GEMM probe for prefill, each also taken right before and after every run, as this
+// host's speed drifts. Figures are medians over --repeat runs, with min and max.
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -120,6 +121,39 @@ long PeakRssKiB() {
   return ru.ru_maxrss;
 }
 
+// Peak RSS of the model's runs without the bandwidth probes' buffers (a probe reads --probe-mib of
+// its own memory, which would otherwise count on top of the model when it runs between decodes):
+// the high-water mark is folded in before each probe and reset to the current RSS after it
+// (/proc/self/clear_refs, Linux 4.0+). Where it cannot be reset, no probe runs while a model is
+// loaded and the peak is getrusage's.
+class RssWatch {
+ public:
+  RssWatch() : resettable_(Reset()) {}
+  bool resettable() const { return resettable_; }
+  void Fold() { max_kib_ = std::max(max_kib_, HighWaterKiB()); }
+  bool Reset() {
+    std::ofstream f("/proc/self/clear_refs");
+    f << "5";
+    f.flush();
+    return static_cast<bool>(f);
+  }
+  long PeakKiB() {
+    Fold();
+    return resettable_ && max_kib_ > 0 ? max_kib_ : PeakRssKiB();
+  }
+
+ private:
+  static long HighWaterKiB() {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (std::getline(f, line))
+      if (line.rfind("VmHWM:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+    return 0;
+  }
+  bool resettable_;
+  long max_kib_ = 0;
+};
+
 struct Options {
   std::string path;
   int64_t prompt = 64, gen = 32, repeat = 5, probe_mib = 1024, context = 0;
@@ -133,6 +167,8 @@ struct Options {
 class Bench {
  public:
   explicit Bench(const Options& o) : o_(o) {}
+  // Peak RSS over the runs, the probes' buffers left out (RssWatch).
+  long PeakRssKiB() { return rss_.PeakKiB(); }
   ~Bench() { moerun_model_destroy(model_); }
   // The precision the runs used (what --precision auto resolved to), once Run has loaded the model.
   moerun_precision precision() const { return precision_; }
@@ -144,10 +180,12 @@ class Bench {
     // count together in the peak RSS.
     moerun_model_destroy(model_);
     model_ = nullptr;
-    const double bw = ReadBandwidth(threads, static_cast<size_t>(o_.probe_mib) << 20);
+    const double bw = Bandwidth(threads, false);
     // Prefill is judged against the GEMM that its matmuls are: int8 for q8_panel weights at bf16
     // precision, bf16 otherwise (the f32 path has no faster floor than that either).
     const double peak_bf16 = GemmPeakBf16(threads), peak_int8 = GemmPeakInt8(threads);
+    rss_.Fold();
+    rss_.Reset();  // the GEMM probes' buffers too
     moerun_model_options mo;
     moerun_model_options_init(&mo);
     mo.backend = o_.backend.c_str();
@@ -183,6 +221,8 @@ class Bench {
     std::vector<double> prefill_tps, prefill_fraction, prefill_bytes, prefill_roofline;
     std::vector<std::vector<double>> decode_tps(o_.batches.size());
     std::vector<std::vector<double>> decode_bytes(o_.batches.size());  // weight bytes per step, per repeat
+    // Weight bytes per second over the faster of the read probes taken right before and after.
+    std::vector<std::vector<double>> decode_adjacent(o_.batches.size());
     for (int64_t r = 0; r < o_.repeat; ++r) {
       const int max_batch = *std::max_element(o_.batches.begin(), o_.batches.end());
       moerun_session* s = NewSession(threads, static_cast<uint32_t>(max_batch * (o_.prompt + o_.gen + 1)), max_batch);
@@ -207,6 +247,7 @@ class Bench {
       prefill_bytes.push_back(bytes);
       if (probe > 0 && bw > 0)
         prefill_roofline.push_back(std::max(work.PrefillMatmulOps(o_.prompt) / probe, bytes / bw) / prefill_s);
+      double bw_before = ok ? Bandwidth(threads, true) : 0.0;
       for (size_t bi = 0; ok && bi < o_.batches.size(); ++bi) {
         const int B = o_.batches[bi];
         moerun_session_clear(s);
@@ -232,6 +273,10 @@ class Bench {
         }
         decode_tps[bi].push_back(static_cast<double>(B) * o_.gen / elapsed);
         decode_bytes[bi].push_back(step_bytes / static_cast<double>(o_.gen));
+        const double bw_after = ok ? Bandwidth(threads, true) : 0.0;
+        if (std::max(bw_before, bw_after) > 0)
+          decode_adjacent[bi].push_back(step_bytes / elapsed / std::max(bw_before, bw_after));
+        bw_before = bw_after;
       }
       moerun_session_destroy(s);
       if (!ok) return Fail(err, "decode");
@@ -239,7 +284,7 @@ class Bench {
 
     // A long prompt and decode after it, per repeat: --context tokens in chunks of kContextChunk (as
     // moerun_generate feeds a prompt), timed as a whole, then --gen tokens decoded one at a time.
-    std::vector<double> ctx_tps, ctx_fill_tps;
+    std::vector<double> ctx_tps, ctx_fill_tps, ctx_adjacent;
     if (o_.context > 0) {
       moerun_session* s = NewSession(threads, static_cast<uint32_t>(o_.context + o_.gen + 1), 1);
       if (!s) return Fail(err, "creating session");
@@ -250,9 +295,14 @@ class Bench {
         for (int64_t i = 0; i < o_.context && ok; i += kContextChunk)
           ok = Decode(s, ids.data() + i, static_cast<uint32_t>(std::min(kContextChunk, o_.context - i)), nullptr);
         ctx_fill_tps.push_back(o_.context / (Now() - f0));
+        const double bw_before = ok ? Bandwidth(threads, true) : 0.0;
         const double d0 = Now();
         for (int64_t g = 0; g < o_.gen && ok; ++g) ok = Decode(s, &ids[g], 1, nullptr);
         ctx_tps.push_back(o_.gen / (Now() - d0));
+        const double adjacent = std::max(bw_before, ok ? Bandwidth(threads, true) : 0.0);
+        if (adjacent > 0)
+          ctx_adjacent.push_back(ctx_tps.back() * (static_cast<double>(work.weight_bytes) +
+                                                   static_cast<double>(kv_bytes_per_token) * o_.context) / adjacent);
       }
       moerun_session_destroy(s);
       if (!ok) return Fail(err, "long-context decode");
@@ -287,34 +337,41 @@ class Bench {
     *text += buf;
     for (size_t bi = 0; bi < o_.batches.size(); ++bi) {
       const Stat d = Summarise(decode_tps[bi]), step_bytes = Summarise(decode_bytes[bi]);
+      const Stat adj = Summarise(decode_adjacent[bi]);
       // Weights are read once per step for the whole batch: the shared ones, and each distinct
       // routed expert the batch's tokens chose (from the session's expert counts).
       const double gbps = d.median / o_.batches[bi] * step_bytes.median / 1e9;
       std::snprintf(buf, sizeof(buf),
                     "%s{\"batch\": %d, \"context\": 8, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
-                    "\"weight_bytes_per_step\": %.0f, \"weight_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f}",
+                    "\"weight_bytes_per_step\": %.0f, \"weight_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f, "
+                    "\"fraction_of_adjacent_bandwidth_probe\": %s}",
                     bi ? ", " : "", o_.batches[bi], Json(d).c_str(), 1e3 * o_.batches[bi] / d.median,
-                    step_bytes.median, gbps, gbps * 1e9 / bw);
+                    step_bytes.median, gbps, gbps * 1e9 / bw, Json(adj).c_str());
       *out += buf;
       std::snprintf(buf, sizeof(buf),
                     "  decode batch %-3d %9.2f tok/s [%.2f, %.2f]  %.2f ms/step, %.1f MiB of weights per step, "
-                    "%.2f GB/s = %.1f%% of the probe\n",
+                    "%.2f GB/s = %.1f%% of the probe; %.1f%% [%.1f, %.1f] of the faster of the probes taken right "
+                    "before and after each run\n",
                     o_.batches[bi], d.median, d.min, d.max, 1e3 * o_.batches[bi] / d.median, step_bytes.median / 1048576.0,
-                    gbps, 100.0 * gbps * 1e9 / bw);
+                    gbps, 100.0 * gbps * 1e9 / bw, 100.0 * adj.median, 100.0 * adj.min, 100.0 * adj.max);
       *text += buf;
     }
     if (!ctx_tps.empty()) {
-      const Stat d = Summarise(ctx_tps);
+      const Stat d = Summarise(ctx_tps), adj = Summarise(ctx_adjacent);
       const double bytes = static_cast<double>(work.weight_bytes) + static_cast<double>(kv_bytes_per_token) * o_.context;
       const double gbps = d.median * bytes / 1e9;
       std::snprintf(buf, sizeof(buf),
                     ", {\"batch\": 1, \"context\": %lld, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
-                    "\"weight_and_kv_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f}",
-                    static_cast<long long>(o_.context), Json(d).c_str(), 1e3 / d.median, gbps, gbps * 1e9 / bw);
+                    "\"weight_and_kv_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f, "
+                    "\"fraction_of_adjacent_bandwidth_probe\": %s}",
+                    static_cast<long long>(o_.context), Json(d).c_str(), 1e3 / d.median, gbps, gbps * 1e9 / bw,
+                    Json(adj).c_str());
       *out += buf;
       std::snprintf(buf, sizeof(buf),
-                    "  decode at context %lld: %.2f tok/s [%.2f, %.2f], weights + KV %.2f GB/s = %.1f%% of the probe\n",
-                    static_cast<long long>(o_.context), d.median, d.min, d.max, gbps, 100.0 * gbps * 1e9 / bw);
+                    "  decode at context %lld: %.2f tok/s [%.2f, %.2f], weights + KV %.2f GB/s = %.1f%% of the probe; "
+                    "%.1f%% [%.1f, %.1f] of the faster of the probes taken right before and after each run\n",
+                    static_cast<long long>(o_.context), d.median, d.min, d.max, gbps, 100.0 * gbps * 1e9 / bw,
+                    100.0 * adj.median, 100.0 * adj.min, 100.0 * adj.max);
       *text += buf;
     }
     *out += "]";
@@ -376,7 +433,18 @@ class Bench {
     return moerun_session_decode(s, &b) == MOERUN_OK;
   }
 
+  // The read probe, its buffer kept out of the peak RSS. Adjacent ones (between decodes, with the
+  // model loaded) run only where that works; they return 0 otherwise.
+  double Bandwidth(int threads, bool adjacent) {
+    if (adjacent && !rss_.resettable()) return 0.0;
+    rss_.Fold();
+    const double bw = ReadBandwidth(threads, static_cast<size_t>(o_.probe_mib) << 20);
+    rss_.Reset();
+    return bw;
+  }
+
   const Options& o_;
+  RssWatch rss_;
   moerun_model* model_ = nullptr;
   moerun_precision precision_ = MOERUN_PRECISION_AUTO;
   size_t n_expert_counts_ = 0;
@@ -441,7 +509,7 @@ int RunBench(int argc, char** argv) {
     if (!bench.Run(o.threads[i], work, vocab, kv_per_token, &one, &text, &err)) return Fail("bench: " + err);
     runs += (i ? ", " : "") + one;
   }
-  const double rss_mib = PeakRssKiB() / 1024.0;
+  const double rss_mib = bench.PeakRssKiB() / 1024.0;
   char head[768];
   std::snprintf(head, sizeof(head),
                 "{\"model\": \"%s\", \"backend\": \"%s\", \"precision\": \"%s\", \"repeat\": %lld, \"gen_tokens\": %lld, "

@@ -125,7 +125,7 @@ TEST(Cli, BenchPrintsFigures) {
   for (const char* key : {"\"prefill\"", "\"tokens_per_s\"", "\"bandwidth_probe_gb_per_s\"",
                           "\"gemm_peak_probe_bf16_gflop_per_s\"", "\"gemm_peak_probe_int8_gop_per_s\"",
                           "\"fraction_of_gemm_peak\"", "\"fraction_of_adjacent_gemm_probe\"", "\"fraction_of_roofline\"",
-                          "\"weight_bytes\"", "\"fraction_of_bandwidth\"",
+                          "\"weight_bytes\"", "\"fraction_of_bandwidth\"", "\"fraction_of_adjacent_bandwidth_probe\"",
                           "\"time_to_first_token_s\"", "\"file_read_s\"", "\"peak_rss_mib\"",
                           "\"active_weight_bytes_per_token\"", "\"weight_bytes_per_step\"", "\"batch\": 2", "\"context\": 20", "\"context_prefill\""})
     EXPECT_NE(r.out.find(key), std::string::npos) << key << " missing in " << r.out;
