@@ -285,6 +285,9 @@ class Bench {
     // A long prompt and decode after it, per repeat: --context tokens in chunks of kContextChunk (as
     // moerun_generate feeds a prompt), timed as a whole, then --gen tokens decoded one at a time.
     std::vector<double> ctx_tps, ctx_fill_tps, ctx_adjacent;
+    // What a decode step at --context reads: the active weights and the whole KV cache.
+    const double ctx_bytes =
+        static_cast<double>(work.weight_bytes) + static_cast<double>(kv_bytes_per_token) * o_.context;
     if (o_.context > 0) {
       moerun_session* s = NewSession(threads, static_cast<uint32_t>(o_.context + o_.gen + 1), 1);
       if (!s) return Fail(err, "creating session");
@@ -301,8 +304,7 @@ class Bench {
         ctx_tps.push_back(o_.gen / (Now() - d0));
         const double adjacent = std::max(bw_before, ok ? Bandwidth(threads, true) : 0.0);
         if (adjacent > 0)
-          ctx_adjacent.push_back(ctx_tps.back() * (static_cast<double>(work.weight_bytes) +
-                                                   static_cast<double>(kv_bytes_per_token) * o_.context) / adjacent);
+          ctx_adjacent.push_back(ctx_tps.back() * ctx_bytes / adjacent);
       }
       moerun_session_destroy(s);
       if (!ok) return Fail(err, "long-context decode");
@@ -358,8 +360,7 @@ class Bench {
     }
     if (!ctx_tps.empty()) {
       const Stat d = Summarise(ctx_tps), adj = Summarise(ctx_adjacent);
-      const double bytes = static_cast<double>(work.weight_bytes) + static_cast<double>(kv_bytes_per_token) * o_.context;
-      const double gbps = d.median * bytes / 1e9;
+      const double gbps = d.median * ctx_bytes / 1e9;
       std::snprintf(buf, sizeof(buf),
                     ", {\"batch\": 1, \"context\": %lld, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
                     "\"weight_and_kv_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f, "
