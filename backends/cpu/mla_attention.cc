@@ -6,7 +6,8 @@
 // uses them, instead of streaming the cache once per head. With fewer tokens than threads (decode)
 // each token's keys are split into spans whose softmax partials are merged afterwards, so that the
 // threads share the cache reads rather than each streaming all of them. The values path of prefill
-// (MlaAttentionArgs::values) is in mla_values.cc.
+// (MlaAttentionArgs::values) is in mla_values.cc. At bf16 precision, where the CPU has AMX-BF16, a
+// span's keys go to the tile kernel of mla_latent_amx.cc instead of the f32 kernels here.
 #include "backends/cpu/simd_avx512.h"  // first: see there
 #include <omp.h>
 
@@ -28,6 +29,7 @@ namespace moerun::cpu {
 namespace {
 
 using mla::g_log_budget;
+using mla::Partial;
 using mla::TailMask;
 using mla::TransposeQueries;
 
@@ -190,14 +192,6 @@ __attribute__((target("avx512f,fma"))) void AccumulateSlice(int nh, bool prefetc
   }
 }
 
-// Where AttendKeys leaves its result for one span of keys: out[h] = Σ_j e^(s_hj - max_h) ĉ_j, not yet
-// divided by sum[h] = Σ_j e^(s_hj - max_h), so that spans of one token can be merged.
-struct Partial {
-  float* out;  // [heads, kv_rank]
-  float* max;  // [heads]
-  float* sum;  // [heads]
-};
-
 // One pass over the n keys in sc.rows, in L2-sized blocks shared by all heads, with an online
 // softmax: per block and group of 16 heads, the scores, then the running max (rescaling what was
 // accumulated when it grows), then the probability-weighted latents while the block is still hot.
@@ -300,8 +294,11 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
 }
 
 
+// Which kernel the latent path runs.
+enum class Kernel { kScalar, kAvx512, kAmxBf16 };
+
 // Keys [j0, j1) of token t, all heads. False when scratch could not be allocated (logged).
-bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool avx, const Partial& p) {
+bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Kernel kernel, const Partial& p) {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim, W = R + P, H = a.n_heads, n = j1 - j0;
   if (n <= 0) {
     std::fill(p.out, p.out + H * R, 0.0f);
@@ -309,6 +306,8 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bo
     std::fill(p.sum, p.sum + H, 0.0f);
     return true;
   }
+  if (kernel == Kernel::kAmxBf16) return mla::amx::AttendLatent(a, t, j0, j1, p);
+  const bool avx = kernel == Kernel::kAvx512;
   thread_local Scratch sc;
   try {
     const size_t n_scores = static_cast<size_t>(avx ? kKeyBlock * 16 : H * n);
@@ -394,7 +393,10 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
       T >= 2 * threads ? 1
                        : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
                                              std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
-  const bool avx = features_.avx512;
+  // bf16 precision rounds the attention's matmul inputs (AMX tile products) where there is AMX-BF16.
+  const Kernel kernel = !features_.avx512 ? Kernel::kScalar
+                        : precision_ == Precision::kBF16 && q8::DetectSupport().amx_bf16 ? Kernel::kAmxBf16
+                                                                                          : Kernel::kAvx512;
   // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
   // thrown: reported as std::bad_alloc after them (the session turns it into out of memory).
   std::vector<uint8_t> failed(static_cast<size_t>(T), 0);
@@ -408,7 +410,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
       bool done = false;
       try {
         stats.resize(static_cast<size_t>(2 * H));
-        done = AttendKeys(a, t, 0, a.n_keys[t], avx, Partial{out, stats.data(), stats.data() + H});
+        done = AttendKeys(a, t, 0, a.n_keys[t], kernel, Partial{out, stats.data(), stats.data() + H});
       } catch (const std::exception&) {
       }
       if (!done) {
@@ -429,7 +431,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
     for (int64_t item = 0; item < T * spans; ++item) {
       const int64_t t = item / spans, sp = item % spans, n = std::max<int32_t>(a.n_keys[t], 0);
-      if (!AttendKeys(a, t, n * sp / spans, n * (sp + 1) / spans, avx, span(item)))
+      if (!AttendKeys(a, t, n * sp / spans, n * (sp + 1) / spans, kernel, span(item)))
         std::atomic_ref<uint8_t>(failed[t]).store(1, std::memory_order_relaxed);  // spans share t
     }
 #pragma omp parallel for schedule(static) if (parallel && T * H > 1)

@@ -1,5 +1,6 @@
-// Pieces shared by the CPU backend's two MLA attention files: mla_attention.cc (the latent path,
-// decode and long-context chunks) and mla_values.cc (the values path of prefill).
+// Pieces shared by the CPU backend's MLA attention files: mla_attention.cc (the latent path, decode
+// and long-context chunks), mla_values.cc (the values path of prefill), and their AMX-BF16 forms for
+// bf16 precision (mla_latent_amx.cc, mla_values_amx.cc).
 #pragma once
 
 #include "backends/cpu/simd_avx512.h"  // first: see there
@@ -70,7 +71,16 @@ __attribute__((target("avx512f,fma"))) inline void TransposeQueries(const float*
   }
 }
 
-// Rate limit of the attention's error log lines (both files).
+// Where a pass over one span of a token's keys leaves its result (the latent path): out[h] =
+// Σ_j e^(s_hj − max_h) ĉ_j, not yet divided by sum[h] = Σ_j e^(s_hj − max_h), so that the spans of
+// one token can be merged.
+struct Partial {
+  float* out;  // [heads, kv_rank]
+  float* max;  // [heads]
+  float* sum;  // [heads]
+};
+
+// Rate limit of the attention's error log lines (all its files).
 inline std::atomic<int> g_log_budget{20};
 
 // The values path (MlaAttentionArgs::values): out [T, H, v_dim]. Throws std::bad_alloc when scratch
@@ -84,6 +94,15 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool parallel);
 namespace amx {
 inline constexpr int64_t kKeyBlock = 64;
 void AttendValues(const MlaAttentionArgs& a, bool parallel);
+
+// The latent path on AMX-BF16 (mla_latent_amx.cc), for Precision::kBF16: keys [j0, j1) of token t,
+// j0 < j1, all heads, into p. Queries, keys (ĉ and k^R) and the probabilities rounded to bf16, f32
+// accumulation and softmax; the running maximum is updated per block of kLatentKeyBlock keys counted
+// from j0, and each block's probabilities are rounded relative to it; p.sum adds the rounded
+// probabilities. False when scratch could not be allocated (logged). Call only when
+// q8::DetectSupport().amx_bf16.
+inline constexpr int64_t kLatentKeyBlock = 128;
+bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const Partial& p);
 }  // namespace amx
 
 }  // namespace moerun::cpu::mla

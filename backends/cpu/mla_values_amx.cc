@@ -53,6 +53,7 @@
 #include <new>
 
 #include "backends/cpu/amx_tiles.h"
+#include "backends/cpu/mla_amx_util.h"
 #include "runtime/core/log.h"
 
 namespace moerun::cpu::mla::amx {
@@ -66,11 +67,6 @@ constexpr int64_t kTileWords = 256;                       // one 16 × 64-byte t
 constexpr int64_t kBlockTiles = kKeyBlock / kKeyTile;     // score tiles per key block (4)
 constexpr int64_t kBlockSteps = kKeyBlock / kStep;        // P · V steps per key block (2)
 constexpr uint32_t kOnePair = 0x3F803F80u;                // two bf16 1.0
-
-inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline __mmask16 Mask16(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u);
-}
 
 using amx_tiles::CompilerBarrier;
 
@@ -87,53 +83,6 @@ struct OnesTile {
   }
 };
 constexpr OnesTile kOnes;
-
-// Grown on demand, 64-byte aligned, never shrunk. Plain memory, not a container (see the header).
-class Scratch {
- public:
-  Scratch() = default;
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() { Free(); }
-  // False when the memory could not be had (the old contents are then kept).
-  bool Reserve(size_t bytes) {
-    bytes = (bytes + 63) & ~size_t{63};
-    if (bytes <= bytes_) return true;
-    void* p = ::operator new(bytes, std::align_val_t{64}, std::nothrow);
-    if (!p) return false;
-    Free();
-    p_ = static_cast<char*>(p);
-    bytes_ = bytes;
-    return true;
-  }
-  char* data() const { return p_; }
-
- private:
-  void Free() {
-    if (p_) ::operator delete(p_, std::align_val_t{64});
-    p_ = nullptr;
-    bytes_ = 0;
-  }
-  char* p_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// Carves 64-byte aligned pieces out of one buffer (or, with base null, only counts their bytes).
-class Carver {
- public:
-  explicit Carver(char* base) : base_(base) {}
-  template <typename T>
-  T* Take(int64_t n) {
-    T* p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
-    used_ += (static_cast<size_t>(n) * sizeof(T) + 63) & ~size_t{63};
-    return p;
-  }
-  size_t used() const { return used_; }
-
- private:
-  char* base_;
-  size_t used_ = 0;
-};
 
 struct Geometry {
   int64_t H, R, P, W, Wp, steps, dv, vtiles, otiles, ldo;  // ldo: O row stride (floats)
@@ -157,15 +106,6 @@ struct Seq {
 struct Block {
   int64_t t0, nt, seq;
 };
-
-// dst[0, n) = bf16(src[0, n)), nearest even.
-void ConvertRow(const float* src, int64_t n, uint16_t* dst) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = Mask16(n - i);
-    const __m256bh b = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
-    _mm256_mask_storeu_epi16(dst + i, m, reinterpret_cast<const __m256i&>(b));
-  }
-}
 
 // Keys [16·kt, 16·kt + 16) of sequence s into its key tiles. tmp: 16 rows of Wp bf16.
 void PackKeys(const MlaAttentionArgs& a, const Geometry& g, const Seq& s, int64_t kt, uint16_t* tmp) {

@@ -8,11 +8,11 @@ namespace moerun::reference {
 
 void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim;
-  // bf16 precision rounds the values path's matmul inputs, as the CPU backend does there: queries,
-  // key rows and value rows to bf16, and each probability (relative to its row's maximum) to bf16
-  // before the weighted sum, whose denominator adds up the rounded probabilities. The latent path
-  // (decode) stays exact at both precisions.
-  const bool bf16 = precision_ == Precision::kBF16 && a.values;
+  // bf16 precision rounds attention's matmul inputs, as the CPU backend does on both paths: queries,
+  // key rows and value rows (the latents on the latent path) to bf16, and each probability (relative
+  // to its row's maximum) to bf16 before the weighted sum, whose denominator adds up the rounded
+  // probabilities.
+  const bool bf16 = precision_ == Precision::kBF16;
   auto in = [bf16](double v) { return bf16 ? static_cast<double>(Bf16ToF32(F32ToBf16(static_cast<float>(v)))) : v; };
   std::vector<double> scores;
   for (int64_t t = 0; t < a.n_tokens; ++t) {
@@ -45,7 +45,7 @@ void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
       float* o = a.out + (t * a.n_heads + h) * R;
       for (int64_t i = 0; i < R; ++i) {
         double acc = 0.0;
-        for (int64_t j = 0; j < n; ++j) acc += scores[j] * a.cache.Row(a.token_pages[t], j)[i];
+        for (int64_t j = 0; j < n; ++j) acc += scores[j] * in(a.cache.Row(a.token_pages[t], j)[i]);
         o[i] = sum > 0.0 ? static_cast<float>(acc / sum) : 0.0f;
       }
     }

@@ -1,21 +1,54 @@
-// Batches for the values path of MLA attention (MlaAttentionArgs::values), shared by its tests
-// (mla_values_test.cc, mla_values_amx_test.cc): sequences of one paged cache, their values, a run.
+// Batches for MLA attention, shared by its tests (mla_values_test.cc, mla_values_amx_test.cc,
+// mla_latent_amx_test.cc): sequences of one paged cache, their values, a run of the values path; and
+// the bf16 rounding that the AMX tests model.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
 
 #include "backends/backend.h"
+#include "backends/cpu/q8_kernels.h"
 #include "tests/unit/numeric_test_util.h"
 
 namespace moerun::test {
 
 inline constexpr float kSentinel = 12345.0f;
+
+// Whether this CPU runs the AMX-BF16 kernels; recorded as a test property, and said on stdout when
+// not (the tests of `what` then check only the fallback).
+inline bool HaveAmxBf16(const char* what) {
+  const bool yes = cpu::q8::DetectSupport().amx_bf16;
+  ::testing::Test::RecordProperty("amx_bf16", yes ? 1 : 0);
+  if (!yes) std::printf("%s: no AMX-BF16 here; only the f32 fallback of bf16 precision is checked\n", what);
+  return yes;
+}
+
+// x rounded to bf16, nearest even.
+inline float Bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// The two bf16 neighbours of x > 0 (lo <= x < hi).
+inline void Bf16Neighbours(float x, float* lo, float* hi) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u &= 0xffff0000u;
+  std::memcpy(lo, &u, 4);
+  u += 0x10000u;
+  std::memcpy(hi, &u, 4);
+}
 
 // A batch over several sequences of one paged cache. Sequence s has cached[s] keys before the batch
 // and new[s] tokens in it; the batch lists the tokens in the order given by `order` (sequence ids).

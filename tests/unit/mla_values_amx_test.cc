@@ -31,30 +31,10 @@ using test::RelL2;
 using test::RunValues;
 using test::ValuesCase;
 
-bool HaveAmxBf16() {
-  const bool yes = cpu::q8::DetectSupport().amx_bf16;
-  ::testing::Test::RecordProperty("amx_bf16", yes ? 1 : 0);
-  if (!yes) std::printf("mla values amx: no AMX-BF16 here; only the f32 fallback of bf16 precision is checked\n");
-  return yes;
-}
+bool HaveAmxBf16() { return test::HaveAmxBf16("mla values amx"); }
 
-float Bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-
-// The two bf16 neighbours of x > 0 (lo <= x < hi).
-void Bf16Neighbours(float x, float* lo, float* hi) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u &= 0xffff0000u;
-  std::memcpy(lo, &u, 4);
-  u += 0x10000u;
-  std::memcpy(hi, &u, 4);
-}
+using test::Bf16;
+using test::Bf16Neighbours;
 
 // Expected output of one (token, head) in double, and how far the kernel may be from it.
 struct Expected {

@@ -1,0 +1,237 @@
+// The AMX-BF16 latent path of MLA attention (mla_latent_amx.cc): decode and chunks at long context
+// at bf16 precision, where the CPU has AMX-BF16. Checks one span of keys (AttendLatent) against a
+// double-precision model of its rounding points (bf16 queries and cache rows; probabilities rounded
+// to bf16 relative to the running maximum of each block of kLatentKeyBlock keys from the span's
+// start), over spans that start and end inside pages and blocks, shuffled pages, 5 to 128 heads (one
+// or several groups of 16, a partial last one) and row widths with tails; then whole calls of the
+// backend (spans merged across threads, several tokens) against the exact f32 path; which path
+// each precision takes; tokens without keys; concurrent callers. Without AMX-BF16 the kernel cannot
+// run: the tests then say so and check that bf16 gives the f32 path's result.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backends/cpu/cpu_backend_impl.h"
+#include "backends/cpu/mla_attention_impl.h"
+#include "tests/unit/mla_test_util.h"
+#include "tests/unit/numeric_test_util.h"
+
+namespace moerun {
+namespace {
+
+using test::Bf16;
+using test::Bf16Neighbours;
+using test::MakeValuesCase;
+using test::RelL2;
+using test::ValuesCase;
+
+bool HaveAmxBf16() { return test::HaveAmxBf16("mla latent amx"); }
+
+// A batch whose tokens attend over a paged cache (the values are not used: dv = 1).
+ValuesCase MakeCase(int64_t H, int64_t R, int64_t P, int64_t page_size, const std::vector<int64_t>& cached,
+                    const std::vector<int32_t>& order, bool shuffle_pages, std::mt19937& rng) {
+  return MakeValuesCase(H, R, P, 1, page_size, cached, order, shuffle_pages, rng);
+}
+
+// What one span's pass should leave, in double: the maximum, the sum of the weights and the
+// weighted latents relative to that maximum (a Partial), and how far the kernel may be from them.
+struct Expected {
+  double max = -INFINITY, sum = 0.0;
+  std::vector<double> out;  // [R]
+  double slack = 0.0;       // L2 allowance of out / sum for probabilities near a bf16 midpoint
+  double sum_slack = 0.0;   // the same for sum
+};
+
+// Keys [j0, j1) of token t, head h: scores from bf16 queries and rows; per block of
+// kLatentKeyBlock keys from j0 the running maximum m_b and p = bf16(exp(s − m_b)), weighted by
+// exp(m_b − m_last). The kernel's f32 scores differ from double by ~1e-6 in the exponent, which can
+// round a probability within that distance of a bf16 midpoint the other way: such keys add their
+// possible effect to the slacks.
+Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1) {
+  const int64_t R = c.R, P = c.P, n = j1 - j0;
+  const LatentCacheView view{c.pool.data(), c.page_size, R, P};
+  const float* ql = c.q_latent.data() + (t * c.H + h) * R;
+  const float* qr = c.q_rope.data() + (t * c.H + h) * P;
+  std::vector<double> s(n), m_of(n), w(n), wide(n);
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = view.Row(c.token_pages[t], j0 + j);
+    double acc = 0.0;
+    for (int64_t i = 0; i < R; ++i) acc += static_cast<double>(Bf16(ql[i])) * Bf16(row[i]);
+    for (int64_t i = 0; i < P; ++i) acc += static_cast<double>(Bf16(qr[i])) * Bf16(row[R + i]);
+    s[j] = static_cast<double>(c.Args().scale) * acc;
+  }
+  Expected e;
+  const int64_t block = cpu::mla::amx::kLatentKeyBlock;
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int64_t b1 = std::min(n, b0 + block);
+    for (int64_t j = b0; j < b1; ++j) e.max = std::max(e.max, s[j]);
+    for (int64_t j = b0; j < b1; ++j) {
+      const double p = std::exp(s[j] - e.max);
+      m_of[j] = e.max;
+      w[j] = Bf16(static_cast<float>(p));
+      float lo, hi;
+      Bf16Neighbours(static_cast<float>(p), &lo, &hi);
+      wide[j] = std::fabs(p - 0.5 * (static_cast<double>(lo) + hi)) <= 5e-5 * p ? static_cast<double>(hi) - lo : 0.0;
+    }
+  }
+  e.out.assign(R, 0.0);
+  for (int64_t j = 0; j < n; ++j) {
+    const double f = std::exp(m_of[j] - e.max);
+    w[j] *= f;
+    wide[j] *= f;
+    e.sum += w[j];
+    e.sum_slack += wide[j];
+    const float* row = view.Row(c.token_pages[t], j0 + j);
+    for (int64_t i = 0; i < R; ++i) e.out[i] += w[j] * Bf16(row[i]);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (wide[j] == 0.0) continue;
+    const float* row = view.Row(c.token_pages[t], j0 + j);
+    double d2 = 0.0;
+    for (int64_t i = 0; i < R; ++i) {
+      const double d = Bf16(row[i]) - e.out[i] / e.sum;
+      d2 += d * d;
+    }
+    e.slack += wide[j] * std::sqrt(d2) / e.sum;
+  }
+  return e;
+}
+
+// One span through AttendLatent against the model, every head: the maximum (f32 scores: 1e-5
+// relative), the sum and the normalised output (1e-5 relative plus the midpoint slack). Observed:
+// at most ~3e-7 relative for both where no probability lies near a midpoint.
+void CheckSpan(const ValuesCase& c, int64_t t, int64_t j0, int64_t j1, const std::string& what) {
+  const int64_t H = c.H, R = c.R;
+  std::vector<float> out(H * R + 16, test::kSentinel), mx(H + 16, test::kSentinel), sum(H + 16, test::kSentinel);
+  MlaAttentionArgs a = c.Args();
+  ASSERT_TRUE(cpu::mla::amx::AttendLatent(a, t, j0, j1, cpu::mla::Partial{out.data(), mx.data(), sum.data()}));
+  for (size_t i = H * R; i < out.size(); ++i) ASSERT_EQ(out[i], test::kSentinel) << what << ": wrote past out";
+  for (size_t i = H; i < mx.size(); ++i) ASSERT_EQ(mx[i], test::kSentinel) << what << ": wrote past max";
+  for (size_t i = H; i < sum.size(); ++i) ASSERT_EQ(sum[i], test::kSentinel) << what << ": wrote past sum";
+  double worst = 0.0;
+  for (int64_t h = 0; h < H; ++h) {
+    const Expected e = Model(c, t, h, j0, j1);
+    EXPECT_NEAR(mx[h], e.max, 1e-5 * std::max(1.0, std::fabs(e.max))) << what << ", head " << h;
+    EXPECT_NEAR(sum[h], e.sum, 1e-5 * e.sum + e.sum_slack) << what << ", head " << h;
+    double d2 = 0.0, r2 = 0.0;
+    for (int64_t i = 0; i < R; ++i) {
+      const double want = e.out[i] / e.sum, got = static_cast<double>(out[h * R + i]) / sum[h];
+      d2 += (got - want) * (got - want);
+      r2 += want * want;
+    }
+    const double err = std::sqrt(d2), ref = std::sqrt(r2);
+    worst = std::max(worst, err / ref);
+    EXPECT_LE(err, 1e-5 * ref + e.slack) << what << ", head " << h << ", rel " << err / ref;
+  }
+  std::printf("%s: keys [%lld, %lld), %lld heads: worst rel %.2e\n", what.c_str(), static_cast<long long>(j0),
+              static_cast<long long>(j1), static_cast<long long>(H), worst);
+}
+
+TEST(MlaLatentAmx, SpansMatchRoundingModel) {
+  if (!HaveAmxBf16()) return;
+  std::mt19937 rng(41);
+  // V2-Lite shapes: 16 heads, rows of 512 + 64. A whole sequence, then spans that start and end
+  // inside pages and blocks (the blocks count from the span's start).
+  const ValuesCase v2 = MakeCase(16, 512, 64, 64, {300}, {0}, false, rng);
+  CheckSpan(v2, 0, 0, 301, "V2-Lite shapes");
+  CheckSpan(v2, 0, 37, 290, "V2-Lite shapes, inner span");
+  CheckSpan(v2, 0, 100, 101, "V2-Lite shapes, one key");
+  const ValuesCase paged = MakeCase(16, 512, 64, 7, {400}, {0}, true, rng);
+  CheckSpan(paged, 0, 5, 401, "shuffled pages of 7");
+  // 5 heads (a partial group), rows of 40 + 8: kv_rank and row width not multiples of 16 or 32.
+  CheckSpan(MakeCase(5, 40, 8, 16, {150}, {0}, true, rng), 0, 3, 151, "5 heads, rows of 48");
+  // 20 heads: a whole and a partial group; no rope.
+  CheckSpan(MakeCase(20, 96, 0, 16, {200}, {0}, false, rng), 0, 0, 201, "20 heads, no rope");
+  // 128 heads (V3's count): eight groups sharing every key tile.
+  CheckSpan(MakeCase(128, 64, 16, 64, {140}, {0}, false, rng), 0, 11, 141, "128 heads");
+}
+
+TEST(MlaLatentAmx, RunningMaximumAcrossBlocks) {
+  if (!HaveAmxBf16()) return;
+  std::mt19937 rng(42);
+  // Rows that grow along the keys: a later block holds every head's maximum, so O and the sums are
+  // rescaled at each block.
+  ValuesCase c = MakeCase(16, 128, 32, 64, {600}, {0}, false, rng);
+  const int64_t W = c.R + c.P;
+  for (size_t i = 0; i < c.pool.size(); ++i) c.pool[i] *= 1.0f + 0.004f * static_cast<float>(i / W);
+  CheckSpan(c, 0, 0, 601, "growing scores");
+}
+
+// Whole calls at bf16 precision: spans merged across threads (decode) and several tokens, against
+// the exact f32 path (observed: ~2e-3 relative per token, bf16's 2^-9 over a few roundings).
+void CheckAgainstF32(const ValuesCase& c, bool amx, const std::string& what) {
+  const cpu::CpuFeatures detected = cpu::CpuFeatures::Detect();
+  std::vector<float> bf16(c.T * c.H * c.R), f32(bf16.size());
+  MlaAttentionArgs a = c.Args();
+  a.out = bf16.data();
+  cpu::CpuBackend(Precision::kBF16, detected).MlaAttention(a);
+  a.out = f32.data();
+  cpu::CpuBackend(Precision::kF32, detected).MlaAttention(a);
+  const int64_t n = c.H * c.R;
+  for (int64_t t = 0; t < c.T; ++t) {
+    const double rel = RelL2(bf16.data() + t * n, f32.data() + t * n, n);
+    if (amx) {
+      EXPECT_LE(rel, 1e-2) << what << ": token " << t << " (" << c.n_keys[t] << " keys)";
+      EXPECT_GT(rel, 1e-5) << what << ": token " << t << " as exact as f32: not the AMX path";
+    } else {
+      EXPECT_EQ(rel, 0.0) << what << ": no AMX-BF16, so bf16 is the f32 path";
+    }
+  }
+}
+
+TEST(MlaLatentAmx, BackendAgreesWithF32Path) {
+  const bool amx = HaveAmxBf16();
+  std::mt19937 rng(43);
+  // Decode at long context: one token, its keys split into spans across the threads.
+  CheckAgainstF32(MakeCase(16, 512, 64, 64, {4500}, {0}, true, rng), amx, "decode at 4501 keys");
+  // A chunk of 8 tokens after 1000 cached keys, two sequences interleaved.
+  CheckAgainstF32(MakeCase(16, 512, 64, 64, {1000, 30}, {0, 1, 0, 1, 0, 0, 0, 1}, true, rng), amx, "chunk");
+}
+
+TEST(MlaLatentAmx, TokenWithoutKeysGivesZeros) {
+  HaveAmxBf16();
+  std::mt19937 rng(44);
+  ValuesCase c = MakeCase(16, 64, 16, 16, {0, 0}, {0, 0, 1}, false, rng);
+  c.n_keys[1] = 0;
+  std::vector<float> out(c.T * c.H * c.R, test::kSentinel);
+  MlaAttentionArgs a = c.Args();
+  a.out = out.data();
+  cpu::CpuBackend(Precision::kBF16, cpu::CpuFeatures::Detect()).MlaAttention(a);
+  for (int64_t i = 0; i < c.H * c.R; ++i) ASSERT_EQ(out[c.H * c.R + i], 0.0f);
+  for (float x : out) ASSERT_TRUE(std::isfinite(x));
+}
+
+// Several threads calling at once, each with its own tile configuration and scratch: the same
+// results as one call alone.
+TEST(MlaLatentAmx, ConcurrentCallers) {
+  HaveAmxBf16();
+  std::mt19937 rng(45);
+  const ValuesCase c = MakeCase(16, 512, 64, 64, {2000}, {0, 0}, false, rng);
+  const cpu::CpuBackend be(Precision::kBF16, cpu::CpuFeatures::Detect());
+  auto run = [&c, &be] {
+    std::vector<float> out(c.T * c.H * c.R);
+    MlaAttentionArgs a = c.Args();
+    a.out = out.data();
+    be.MlaAttention(a);
+    return out;
+  };
+  const std::vector<float> want = run();
+  std::vector<std::vector<float>> got(3);
+  std::vector<std::thread> threads;
+  for (auto& g : got)
+    threads.emplace_back([&run, &g] {
+      for (int i = 0; i < 3; ++i) g = run();
+    });
+  for (auto& th : threads) th.join();
+  for (const auto& g : got) EXPECT_EQ(std::memcmp(g.data(), want.data(), want.size() * sizeof(float)), 0);
+}
+
+}  // namespace
+}  // namespace moerun
