@@ -319,8 +319,7 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Ke
     if (sc.scores.size() < n_scores) sc.scores.resize(n_scores);
     if (sc.rows.size() < static_cast<size_t>(n)) sc.rows.resize(static_cast<size_t>(n));
   } catch (const std::exception&) {
-    if (g_log_budget.fetch_sub(1) > 0)
-      Log(LogLevel::kError, "cpu backend: MlaAttention out of memory for " + std::to_string(n) + " keys");
+    mla::LogScratchFailure("cpu backend: MlaAttention", n);
     return false;
   }
   const int32_t* pages = a.token_pages[t];
@@ -356,6 +355,22 @@ void Merge(const Partial* spans, int64_t n_spans, int64_t h, int64_t R, float* o
 }
 
 }  // namespace
+
+void mla::LogScratchFailure(const char* what, int64_t keys) noexcept {
+  if (g_log_budget.fetch_sub(1) <= 0) return;
+  try {
+    Log(LogLevel::kError, std::string(what) + " out of memory for " + std::to_string(keys) + " keys");
+  } catch (...) {  // the message itself could not be built: dropped
+  }
+}
+
+void mla::LogError(const char* message) noexcept {
+  if (g_log_budget.fetch_sub(1) <= 0) return;
+  try {
+    Log(LogLevel::kError, message);
+  } catch (...) {
+  }
+}
 
 void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const LatentCacheView& c = a.cache;

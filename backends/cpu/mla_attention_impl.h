@@ -83,6 +83,13 @@ struct Partial {
 // Rate limit of the attention's error log lines (all its files).
 inline std::atomic<int> g_log_budget{20};
 
+// Logs (rate-limited) that `what` could not allocate its scratch for `keys` keys. Called inside
+// parallel regions, so it never throws: a message that cannot be built is dropped. Defined in
+// mla_attention.cc, built without the AMX files' -m flags (so no string code is compiled with them).
+void LogScratchFailure(const char* what, int64_t keys) noexcept;
+// The same for any message.
+void LogError(const char* message) noexcept;
+
 // The values path (MlaAttentionArgs::values): out [T, H, v_dim]. Throws std::bad_alloc when scratch
 // could not be allocated, after its parallel region.
 void AttendValues(const MlaAttentionArgs& a, bool avx, bool parallel);

@@ -36,11 +36,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <string>
 
 #include "backends/cpu/amx_tiles.h"
 #include "backends/cpu/mla_amx_util.h"
-#include "runtime/core/log.h"
 
 namespace moerun::cpu::mla::amx {
 namespace {
@@ -285,11 +283,6 @@ void AccumulateOf(const Work& w, int64_t g, int64_t nb) {
   }
 }
 
-void LogOutOfMemory(int64_t keys) {
-  if (g_log_budget.fetch_sub(1) > 0)
-    Log(LogLevel::kError, "cpu backend: MlaAttention (AMX latent path) out of memory for " + std::to_string(keys) + " keys");
-}
-
 }  // namespace
 
 bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const Partial& p) {
@@ -315,7 +308,7 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
   need.Take<float>(hp);
   need.Take<float>(hp);
   if (!mem.Reserve(need.used())) {
-    LogOutOfMemory(j1 - j0);
+    LogScratchFailure("cpu backend: MlaAttention (AMX latent path)", j1 - j0);
     return false;
   }
   Carver c(mem.data());

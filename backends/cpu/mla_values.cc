@@ -203,8 +203,7 @@ __attribute__((target("avx512f,fma"))) bool AttendTileValues(const MlaAttentionA
     if (sc.rows.size() < static_cast<size_t>(n)) sc.rows.resize(static_cast<size_t>(n));
     if (sc.block.size() < static_cast<size_t>(kTileKeyBlock * W)) sc.block.resize(static_cast<size_t>(kTileKeyBlock * W));
   } catch (const std::exception&) {
-    if (g_log_budget.fetch_sub(1) > 0)
-      Log(LogLevel::kError, "cpu backend: MlaAttention out of memory for " + std::to_string(n) + " keys");
+    mla::LogScratchFailure("cpu backend: MlaAttention", n);
     return false;
   }
   const int32_t* pages = a.token_pages[t0];
@@ -321,8 +320,7 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
     if (s.size() < static_cast<size_t>(n)) s.resize(static_cast<size_t>(n));
     if (rows.size() < static_cast<size_t>(n)) rows.resize(static_cast<size_t>(n));
   } catch (const std::exception&) {
-    if (g_log_budget.fetch_sub(1) > 0)
-      Log(LogLevel::kError, "cpu backend: MlaAttention out of memory for " + std::to_string(n) + " keys");
+    mla::LogScratchFailure("cpu backend: MlaAttention", n);
     return false;
   }
   for (int64_t j = 0; j < n; ++j) rows[j] = a.cache.Row(a.token_pages[t], j);

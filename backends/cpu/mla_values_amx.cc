@@ -54,7 +54,6 @@
 
 #include "backends/cpu/amx_tiles.h"
 #include "backends/cpu/mla_amx_util.h"
-#include "runtime/core/log.h"
 
 namespace moerun::cpu::mla::amx {
 namespace {
@@ -370,7 +369,7 @@ void RunUnit(const MlaAttentionArgs& a, const Geometry& g, const Seq& s, const B
 }
 
 void LogOutOfMemory() {
-  if (g_log_budget.fetch_sub(1) > 0) Log(LogLevel::kError, "cpu backend: MlaAttention (AMX) out of memory");
+  LogError("cpu backend: MlaAttention (AMX) out of memory");
 }
 
 }  // namespace
