@@ -418,24 +418,39 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   std::vector<float> partial;  // spans > 1: per (token, span) out [H, R], max [H], sum [H]
   if (spans > 1) partial.resize(static_cast<size_t>(T * spans * H * (R + 2)));
   if (spans == 1) {
-#pragma omp parallel for schedule(dynamic, 1) if (parallel && T > 1)
-    for (int64_t t = 0; t < T; ++t) {
-      thread_local std::vector<float> stats;
-      float* out = a.out + t * H * R;
+    // Units of consecutive tokens with one page table: the AMX kernel reads and converts their keys
+    // once for all of them (a chunk at long context); the other kernels take a token at a time.
+    const int64_t per = kernel == Kernel::kAmxBf16 ? mla::amx::LatentUnitTokens(H, (T + threads - 1) / threads) : 1;
+    std::vector<int64_t> begins;  // each unit's first token, then T
+    for (int64_t t = 0; t < T; ++t)
+      if (t == 0 || a.token_pages[t] != a.token_pages[t - 1] || t - begins.back() >= per) begins.push_back(t);
+    begins.push_back(T);
+    const int64_t units = static_cast<int64_t>(begins.size()) - 1;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel && units > 1)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t t0 = begins[u], nt = begins[u + 1] - t0;
+      thread_local std::vector<float> stats;  // per token: max [H], sum [H]
+      Partial parts[mla::amx::kMaxUnitTokens];
       bool done = false;
       try {
-        stats.resize(static_cast<size_t>(2 * H));
-        done = AttendKeys(a, t, 0, a.n_keys[t], kernel, Partial{out, stats.data(), stats.data() + H});
+        stats.resize(static_cast<size_t>(2 * H * nt));
+        for (int64_t i = 0; i < nt; ++i)
+          parts[i] = Partial{a.out + (t0 + i) * H * R, stats.data() + 2 * H * i, stats.data() + 2 * H * i + H};
+        done = nt == 1 ? AttendKeys(a, t0, 0, a.n_keys[t0], kernel, parts[0])
+                       : mla::amx::AttendLatentTokens(a, t0, nt, parts);
       } catch (const std::exception&) {
       }
       if (!done) {
-        failed[t] = 1;
+        for (int64_t i = 0; i < nt; ++i) failed[t0 + i] = 1;
         continue;
       }
-      for (int64_t h = 0; h < H; ++h) {
-        const float sum = stats[H + h];
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no keys: zero, not 0/0
-        for (int64_t i = 0; i < R; ++i) out[h * R + i] *= inv;
+      for (int64_t i = 0; i < nt; ++i) {
+        float* out = parts[i].out;
+        for (int64_t h = 0; h < H; ++h) {
+          const float sum = parts[i].sum[h];
+          const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no keys: zero, not 0/0
+          for (int64_t c = 0; c < R; ++c) out[h * R + c] *= inv;
+        }
       }
     }
   } else {

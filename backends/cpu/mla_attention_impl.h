@@ -110,6 +110,14 @@ void AttendValues(const MlaAttentionArgs& a, bool parallel);
 // q8::DetectSupport().amx_bf16.
 inline constexpr int64_t kLatentKeyBlock = 128;
 bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const Partial& p);
+
+// Tokens [t0, t0 + nt) that share one page table, each over all its keys [0, n_keys[t]), into
+// parts[i]: the same results, bit for bit, as AttendLatent per token, but each block of keys is read
+// and converted once for all of them. nt <= LatentUnitTokens(...) <= kMaxUnitTokens; false when nt
+// is out of range or scratch could not be allocated (logged).
+inline constexpr int64_t kMaxUnitTokens = 8;
+int64_t LatentUnitTokens(int64_t n_heads, int64_t tokens_per_thread);
+bool AttendLatentTokens(const MlaAttentionArgs& a, int64_t t0, int64_t nt, const Partial* parts);
 }  // namespace amx
 
 }  // namespace moerun::cpu::mla

@@ -6,7 +6,9 @@
 // or several groups of 16, a partial last one) and row widths with tails; then whole calls of the
 // backend (spans merged across threads, several tokens) against the exact f32 path; which path
 // each precision takes; tokens without keys; concurrent callers. Without AMX-BF16 the kernel cannot
-// run: the tests then say so and check that bf16 gives the f32 path's result.
+// run: the tests then say so and check that bf16 gives the f32 path's result. Tokens of one
+// sequence that the backend groups into a unit (their keys converted once) give exactly what each
+// gives alone.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -162,6 +164,68 @@ TEST(MlaLatentAmx, RunningMaximumAcrossBlocks) {
   const int64_t W = c.R + c.P;
   for (size_t i = 0; i < c.pool.size(); ++i) c.pool[i] *= 1.0f + 0.004f * static_cast<float>(i / W);
   CheckSpan(c, 0, 0, 601, "growing scores");
+}
+
+// One token alone through AttendLatent over all its keys, normalised as the backend does: [H, R].
+std::vector<float> AloneNormalised(const ValuesCase& c, int64_t t) {
+  std::vector<float> out(c.H * c.R), mx(c.H), sum(c.H);
+  const MlaAttentionArgs a = c.Args();
+  const int64_t n = std::max<int32_t>(c.n_keys[t], 0);
+  if (n > 0) {
+    EXPECT_TRUE(cpu::mla::amx::AttendLatent(a, t, 0, n, cpu::mla::Partial{out.data(), mx.data(), sum.data()}));
+  }
+  for (int64_t h = 0; h < c.H; ++h) {
+    const float inv = n > 0 && sum[h] > 0.0f ? 1.0f / sum[h] : 0.0f;
+    for (int64_t i = 0; i < c.R; ++i) out[h * c.R + i] = n > 0 ? out[h * c.R + i] * inv : 0.0f;
+  }
+  return out;
+}
+
+// Tokens of one sequence in a unit: each token's keys are converted once for all of them, and each
+// token gets exactly what it gets alone (its own keys, its own blocks from key 0).
+TEST(MlaLatentAmx, UnitOfTokensEqualsTokensAlone) {
+  if (!HaveAmxBf16()) return;
+  std::mt19937 rng(46);
+  // 8 tokens after 126 cached keys: their key counts (127-134) straddle the 128-key block.
+  for (int64_t H : {16, 20}) {
+    const ValuesCase c = MakeCase(H, 512, 64, 7, {126}, std::vector<int32_t>(8, 0), true, rng);
+    const int64_t nt = cpu::mla::amx::LatentUnitTokens(H, 8);
+    EXPECT_EQ(nt, H <= 16 ? 8 : 4);
+    std::vector<float> out(c.T * c.H * c.R), stats(2 * c.H * nt);
+    std::vector<cpu::mla::Partial> parts;
+    for (int64_t i = 0; i < nt; ++i)
+      parts.push_back({out.data() + i * c.H * c.R, stats.data() + 2 * c.H * i, stats.data() + 2 * c.H * i + c.H});
+    ASSERT_TRUE(cpu::mla::amx::AttendLatentTokens(c.Args(), 0, nt, parts.data()));
+    for (int64_t i = 0; i < nt; ++i) {
+      std::vector<float> got(c.H * c.R);
+      for (int64_t h = 0; h < c.H; ++h) {
+        const float inv = 1.0f / parts[i].sum[h];
+        for (int64_t r = 0; r < c.R; ++r) got[h * c.R + r] = parts[i].out[h * c.R + r] * inv;
+      }
+      const std::vector<float> want = AloneNormalised(c, i);
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << H << " heads, token " << i;
+    }
+    EXPECT_FALSE(cpu::mla::amx::AttendLatentTokens(c.Args(), 0, cpu::mla::amx::kMaxUnitTokens + 1, parts.data()));
+  }
+}
+
+// The backend groups a chunk's tokens into units (and keeps sequences apart): every token's output
+// equals that token alone, bit for bit.
+TEST(MlaLatentAmx, ChunkThroughBackendEqualsTokensAlone) {
+  if (!HaveAmxBf16()) return;
+  std::mt19937 rng(47);
+  std::vector<int32_t> order(12, 0);
+  order.insert(order.end(), {1, 1, 0, 1});
+  ValuesCase c = MakeCase(16, 512, 64, 64, {1000, 200}, order, true, rng);
+  c.n_keys[3] = 0;  // a token that sees nothing, inside a unit
+  std::vector<float> got(c.T * c.H * c.R, test::kSentinel);
+  MlaAttentionArgs a = c.Args();
+  a.out = got.data();
+  cpu::CpuBackend(Precision::kBF16, cpu::CpuFeatures::Detect()).MlaAttention(a);
+  for (int64_t t = 0; t < c.T; ++t) {
+    const std::vector<float> want = AloneNormalised(c, t);
+    EXPECT_EQ(std::memcmp(got.data() + t * c.H * c.R, want.data(), want.size() * sizeof(float)), 0) << "token " << t;
+  }
 }
 
 // Whole calls at bf16 precision: spans merged across threads (decode) and several tokens, against
