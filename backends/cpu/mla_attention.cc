@@ -6,8 +6,9 @@
 // uses them, instead of streaming the cache once per head. With fewer tokens than threads (decode)
 // each token's keys are split into spans whose softmax partials are merged afterwards, so that the
 // threads share the cache reads rather than each streaming all of them. The values path of prefill
-// (MlaAttentionArgs::values) is in mla_values.cc. At bf16 precision, where the CPU has AMX-BF16, a
-// span's keys go to the tile kernel of mla_latent_amx.cc instead of the f32 kernels here.
+// (MlaAttentionArgs::values) is in mla_values.cc. At bf16 precision, where the CPU has AMX-BF16, the
+// spans, and units of consecutive tokens of one sequence (their keys converted once), go to the tile
+// kernel of mla_latent_amx.cc instead of the f32 kernels here.
 #include "backends/cpu/simd_avx512.h"  // first: see there
 #include <omp.h>
 
