@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -44,15 +45,38 @@ struct WeightView {
 };
 
 // The latent KV cache of one layer as attention reads it: pages of page_size rows, each row holds the
-// normalised latent (kv_rank floats) followed by the rotated rope key (rope_dim floats).
+// normalised latent (kv_rank values) followed by the rotated rope key (rope_dim values). The rows are
+// f32 (pool), or bf16 (pool_bf16, nearest even) for a backend whose Bf16LatentCache() is true.
 struct LatentCacheView {
-  const float* pool = nullptr;  // [n_pages, page_size, kv_rank + rope_dim]
+  const float* pool = nullptr;  // [n_pages, page_size, kv_rank + rope_dim] f32, or null
   int64_t page_size = 0;
   int64_t kv_rank = 0;
   int64_t rope_dim = 0;
+  const uint16_t* pool_bf16 = nullptr;  // the same in bf16, or null
   int64_t row_width() const { return kv_rank + rope_dim; }
+  bool bf16() const { return pool_bf16 != nullptr; }
+  int64_t RowIndex(const int32_t* pages, int64_t position) const {
+    return static_cast<int64_t>(pages[position / page_size]) * page_size + position % page_size;
+  }
+  // f32 rows only.
   const float* Row(const int32_t* pages, int64_t position) const {
-    return pool + (static_cast<int64_t>(pages[position / page_size]) * page_size + position % page_size) * row_width();
+    return pool + RowIndex(pages, position) * row_width();
+  }
+  // bf16 rows only.
+  const uint16_t* RowBf16(const int32_t* pages, int64_t position) const {
+    return pool_bf16 + RowIndex(pages, position) * row_width();
+  }
+  // dst[0, n) = the row's first n values as f32 (bf16 rows widened exactly), n <= row_width().
+  void CopyRow(const int32_t* pages, int64_t position, int64_t n, float* dst) const {
+    if (!bf16()) {
+      std::memcpy(dst, Row(pages, position), static_cast<size_t>(n) * sizeof(float));
+      return;
+    }
+    const uint16_t* src = RowBf16(pages, position);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
+      std::memcpy(dst + i, &bits, sizeof(float));
+    }
   }
 };
 
@@ -172,6 +196,12 @@ class Backend {
   virtual void SiluMul(const float* gate, const float* up, float* out, int64_t n) const = 0;
 
   virtual void MlaAttention(const MlaAttentionArgs& args) const = 0;
+
+  // True when MlaAttention reads the latent cache as bf16 rows (LatentCacheView::pool_bf16): the
+  // session then keeps it in bf16, half the memory. Only for a backend whose attention rounds the
+  // cache rows to bf16 anyway: its attention over given rows is then the same with either cache (the
+  // values path's key expansion, a Linear, sees the rounded rows).
+  virtual bool Bf16LatentCache() const { return false; }
 
  protected:
   // Runs run_expert(i) for every active expert i: concurrently, one expert per thread, when there are

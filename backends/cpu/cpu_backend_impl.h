@@ -50,6 +50,8 @@ class CpuBackend final : public Backend {
   void MoeExperts(const MoeExpertsArgs& a) const override;
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) const override;
   void MlaAttention(const MlaAttentionArgs& args) const override;
+  // bf16 precision on AMX-BF16: both attention paths round the cache rows to bf16 anyway.
+  bool Bf16LatentCache() const override { return AmxAttention(); }
 
   // Bytes held by PrepareWeights copies and flags (for tests and memory reports).
   int64_t PreparedBytes() const;
@@ -65,6 +67,8 @@ class CpuBackend final : public Backend {
     std::vector<uint8_t> special;  // avx512::F8SpecialFlags of all row groups
   };
 
+  // bf16 precision with AVX-512 and AMX-BF16: MLA attention runs on AMX tiles (mla_*_amx.cc).
+  bool AmxAttention() const;
   // Own kernels (AVX-512 or scalar); x already rounded to bf16 when round_bf16.
   void LinearOwn(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy,
                  bool round_bf16) const;

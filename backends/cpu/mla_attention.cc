@@ -373,12 +373,22 @@ void mla::LogError(const char* message) noexcept {
   }
 }
 
+bool CpuBackend::AmxAttention() const {
+  return precision_ == Precision::kBF16 && features_.avx512 && q8::DetectSupport().amx_bf16;
+}
+
 void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const LatentCacheView& c = a.cache;
   if (a.n_tokens <= 0 || a.n_heads <= 0) return;
-  if (!a.q_latent || !a.out || !a.token_pages || !a.n_keys || !c.pool || c.page_size <= 0 || c.kv_rank <= 0 ||
-      c.rope_dim < 0 || (c.rope_dim > 0 && !a.q_rope)) {
+  if (!a.q_latent || !a.out || !a.token_pages || !a.n_keys || (!c.pool) == (!c.pool_bf16) || c.page_size <= 0 ||
+      c.kv_rank <= 0 || c.rope_dim < 0 || (c.rope_dim > 0 && !a.q_rope)) {
     if (g_log_budget.fetch_sub(1) > 0) Log(LogLevel::kError, "cpu backend: MlaAttention called with invalid arguments");
+    return;
+  }
+  // Only the AMX kernels read bf16 rows (Bf16LatentCache).
+  if (c.bf16() && !AmxAttention()) {
+    if (g_log_budget.fetch_sub(1) > 0)
+      Log(LogLevel::kError, "cpu backend: MlaAttention got a bf16 latent cache, which only its AMX-BF16 kernels read");
     return;
   }
   const int64_t T = a.n_tokens, H = a.n_heads, R = c.kv_rank;
@@ -396,7 +406,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   if (a.values) {
     // bf16 precision rounds the attention's matmul inputs too: AMX tile products where there are
     // some; f32 keeps the exact path.
-    if (precision_ == Precision::kBF16 && features_.avx512 && q8::DetectSupport().amx_bf16) {
+    if (AmxAttention()) {
       mla::amx::AttendValues(a, parallel);
     } else {
       mla::AttendValues(a, features_.avx512, parallel);
@@ -410,9 +420,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
                        : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
                                              std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
   // bf16 precision rounds the attention's matmul inputs (AMX tile products) where there is AMX-BF16.
-  const Kernel kernel = !features_.avx512 ? Kernel::kScalar
-                        : precision_ == Precision::kBF16 && q8::DetectSupport().amx_bf16 ? Kernel::kAmxBf16
-                                                                                          : Kernel::kAvx512;
+  const Kernel kernel = !features_.avx512 ? Kernel::kScalar : AmxAttention() ? Kernel::kAmxBf16 : Kernel::kAvx512;
   // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
   // thrown: reported as std::bad_alloc after them (the session turns it into out of memory).
   std::vector<uint8_t> failed(static_cast<size_t>(T), 0);

@@ -110,6 +110,19 @@ void PackTile(const MlaAttentionArgs& a, int64_t t, const Work& w, int64_t j, in
       std::memset(row, 0, static_cast<size_t>(w.Wp) * sizeof(uint16_t));
       continue;
     }
+    if (a.cache.bf16()) {
+      // bf16 rows: copied as they are (the rounding the f32 rows get below).
+      const uint16_t* src = a.cache.RowBf16(pages, j + k);
+      if (j + k + kPrefetchRows < j1) {
+        const char* ahead = reinterpret_cast<const char*>(a.cache.RowBf16(pages, j + k + kPrefetchRows));
+        for (int64_t b = 0; b < w.W * 2; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T1);
+      }
+      for (int64_t c = 0; c < w.Wp; c += 32) {
+        const __mmask32 m = w.W - c >= 32 ? ~__mmask32{0} : (__mmask32{1} << (w.W - c)) - 1;
+        _mm512_store_si512(row + c, _mm512_maskz_loadu_epi16(m, src + c));
+      }
+      continue;
+    }
     const float* src = a.cache.Row(pages, j + k);
     if (j + k + kPrefetchRows < j1) {
       const char* ahead = reinterpret_cast<const char*>(a.cache.Row(pages, j + k + kPrefetchRows));

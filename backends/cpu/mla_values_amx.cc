@@ -114,8 +114,12 @@ void PackKeys(const MlaAttentionArgs& a, const Geometry& g, const Seq& s, int64_
     uint16_t* row = tmp + k * g.Wp;
     int64_t done = 0;
     if (j < s.n) {
-      const float* src = a.cache.pool + (static_cast<int64_t>(s.pages[j / ps]) * ps + j % ps) * g.W;
-      ConvertRow(src, g.W, row);
+      const int64_t at = (static_cast<int64_t>(s.pages[j / ps]) * ps + j % ps) * g.W;
+      if (a.cache.bf16()) {
+        std::memcpy(row, a.cache.pool_bf16 + at, static_cast<size_t>(g.W) * sizeof(uint16_t));
+      } else {
+        ConvertRow(a.cache.pool + at, g.W, row);
+      }
       done = g.W;
     }
     std::memset(row + done, 0, static_cast<size_t>(g.Wp - done) * sizeof(uint16_t));

@@ -15,15 +15,19 @@ void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const bool bf16 = precision_ == Precision::kBF16;
   auto in = [bf16](double v) { return bf16 ? static_cast<double>(Bf16ToF32(F32ToBf16(static_cast<float>(v)))) : v; };
   std::vector<double> scores;
+  std::vector<float> rows;  // token t's cache rows as f32 (the cache may hold f32 or bf16 rows)
+  const int64_t W = a.cache.row_width();
   for (int64_t t = 0; t < a.n_tokens; ++t) {
     const int64_t n = a.n_keys[t];
     scores.assign(static_cast<size_t>(n), 0.0);
+    rows.resize(static_cast<size_t>(n * W));
+    for (int64_t j = 0; j < n; ++j) a.cache.CopyRow(a.token_pages[t], j, W, rows.data() + j * W);
     for (int64_t h = 0; h < a.n_heads; ++h) {
       const float* ql = a.q_latent + (t * a.n_heads + h) * R;
       const float* qr = a.q_rope + (t * a.n_heads + h) * P;
       double mx = -INFINITY;
       for (int64_t j = 0; j < n; ++j) {
-        const float* row = a.cache.Row(a.token_pages[t], j);
+        const float* row = rows.data() + j * W;
         double s = 0.0;
         for (int64_t i = 0; i < R; ++i) s += in(ql[i]) * in(row[i]);
         for (int64_t i = 0; i < P; ++i) s += in(qr[i]) * in(row[R + i]);
@@ -45,7 +49,7 @@ void ReferenceBackend::MlaAttention(const MlaAttentionArgs& a) const {
       float* o = a.out + (t * a.n_heads + h) * R;
       for (int64_t i = 0; i < R; ++i) {
         double acc = 0.0;
-        for (int64_t j = 0; j < n; ++j) acc += scores[j] * in(a.cache.Row(a.token_pages[t], j)[i]);
+        for (int64_t j = 0; j < n; ++j) acc += scores[j] * in(rows[j * W + i]);
         o[i] = sum > 0.0 ? static_cast<float>(acc / sum) : 0.0f;
       }
     }

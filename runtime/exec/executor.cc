@@ -101,7 +101,7 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   // Keys: normalised latent and rotated rope key go straight into the cache.
   be.RmsNorm(kv, W, w.kv_a_norm, R, T, kInnerNormEps, kv, W);
   be.Rope(kv + R, T, 1, W, dr, positions_.data(), inv_freq, half, af);
-  for (int64_t t = 0; t < T; ++t) std::memcpy(cache_.Row(n.layer, seq_of_[t], positions_[t]), kv + t * W, W * sizeof(float));
+  for (int64_t t = 0; t < T; ++t) cache_.WriteRow(n.layer, seq_of_[t], positions_[t], kv + t * W);
 
   // Absorbed query: q_latent[t, h] = W_UK^hᵀ q^N[t, h]; q_rope packed per head.
   float* q_lat = Scratch(kQLatent, T * H * R);
@@ -128,7 +128,10 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   // each sequence's last token in the batch, is expanded once, V[j, h] = W_UV^h ĉ_j, and attention
   // writes the heads directly. The key latents are gathered from the cache into kKv (its rows are in
   // the cache already) and V goes to kAttnOut, which the latent path's output would use; when that
-  // scratch for all heads would exceed the session's values_scratch_bytes, heads go in passes.
+  // scratch for all heads would exceed the session's values_scratch_bytes, heads go in passes. A bf16
+  // cache holds rounded rows: this batch's own keys then expand from their f32 latents (kept aside in
+  // kAttnOut while kKv is overwritten), so that a fresh prompt expands exactly what an f32 cache
+  // would give; earlier keys expand from the cache's bf16 rows.
   const int64_t n_seq = cache_.max_sequences();
   std::vector<int64_t>& seq_first = seq_first_key_;  // sized n_seq + 1 at creation
   std::fill(seq_first.begin(), seq_first.end(), 0);
@@ -139,10 +142,17 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   for (int64_t t = 0; t < T; ++t) pairs += n_keys_[t];
   const int64_t per_pass = MlaAttentionArgs::ValuesHeadsPerPass(K, H, R, dv, options_.values_scratch_bytes);
   if (per_pass > 0 && MlaAttentionArgs::PreferValues(T, pairs, K, R, dv)) {
+    float* own = nullptr;
+    if (a.cache.bf16()) {
+      own = Scratch(kAttnOut, T * R);
+      for (int64_t t = 0; t < T; ++t) std::memcpy(own + t * R, kv + t * W, R * sizeof(float));
+    }
     float* keys = Scratch(kKv, K * R);
     for (int64_t s = 0; s < n_seq; ++s)
       for (int64_t j = 0; j < seq_first[s + 1] - seq_first[s]; ++j)
-        std::memcpy(keys + (seq_first[s] + j) * R, a.cache.Row(cache_.pages(s), j), R * sizeof(float));
+        a.cache.CopyRow(cache_.pages(s), j, R, keys + (seq_first[s] + j) * R);
+    for (int64_t t = 0; own && t < T; ++t)
+      std::memcpy(keys + (seq_first[seq_of_[t]] + positions_[t]) * R, own + t * R, R * sizeof(float));
     token_values_.resize(static_cast<size_t>(T));  // may throw bad_alloc: Decode reports it
     a.values = token_values_.data();
     a.v_dim = dv;

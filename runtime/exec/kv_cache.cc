@@ -1,5 +1,6 @@
 #include "runtime/exec/kv_cache.h"
 
+#include <cstring>
 #include <new>
 
 #include "runtime/core/aligned_buffer.h"
@@ -10,20 +11,21 @@ namespace moerun {
 LatentKvCache::~LatentKvCache() { AlignedFree(pool_, kPoolAlignment); }
 
 Status LatentKvCache::Init(int64_t n_layers, int64_t kv_rank, int64_t rope_dim, int64_t capacity_tokens,
-                           int64_t max_sequences) {
+                           int64_t max_sequences, bool bf16) {
   if (capacity_tokens <= 0) return InvalidArgument("kv_capacity must be positive");
   if (max_sequences <= 0) return InvalidArgument("max_sequences must be positive");
   n_layers_ = n_layers;
   kv_rank_ = kv_rank;
   rope_dim_ = rope_dim;
+  bf16_ = bf16;
   capacity_ = capacity_tokens;
   n_pages_ = static_cast<int64_t>(CeilDiv(static_cast<uint64_t>(capacity_tokens), kPageSize)) + max_sequences - 1;
-  uint64_t floats = 0, bytes = 0;
-  if (!CheckedMul(static_cast<uint64_t>(n_layers), static_cast<uint64_t>(n_pages_) * kPageSize, &floats) ||
-      !CheckedMul(floats, static_cast<uint64_t>(kv_rank + rope_dim), &floats) || !CheckedMul(floats, 4, &bytes) ||
-      n_pages_ > INT32_MAX)
+  uint64_t values = 0, bytes = 0;
+  if (!CheckedMul(static_cast<uint64_t>(n_layers), static_cast<uint64_t>(n_pages_) * kPageSize, &values) ||
+      !CheckedMul(values, static_cast<uint64_t>(kv_rank + rope_dim), &values) ||
+      !CheckedMul(values, bf16 ? 2 : 4, &bytes) || n_pages_ > INT32_MAX)
     return InvalidArgument("kv_capacity is too large");
-  pool_ = static_cast<float*>(AlignedAlloc(kPoolAlignment, AlignUp(bytes, kPoolAlignment)));
+  pool_ = AlignedAlloc(kPoolAlignment, AlignUp(bytes, kPoolAlignment));
   if (!pool_)
     return OutOfMemory("allocating the KV cache (" + std::to_string(bytes >> 20) + " MiB for " +
                        std::to_string(capacity_tokens) + " tokens)");
@@ -71,16 +73,33 @@ void LatentKvCache::Remove(int64_t seq) {
   Shrink(seq);
 }
 
-float* LatentKvCache::Row(int64_t layer, int64_t seq, int64_t position) {
+void LatentKvCache::WriteRow(int64_t layer, int64_t seq, int64_t position, const float* src) {
   const Sequence& s = seqs_[seq];
   const int64_t page = s.pages[position / kPageSize];
   const int64_t width = kv_rank_ + rope_dim_;
-  return pool_ + ((layer * n_pages_ + page) * kPageSize + position % kPageSize) * width;
+  const int64_t at = ((layer * n_pages_ + page) * kPageSize + position % kPageSize) * width;
+  if (!bf16_) {
+    std::memcpy(static_cast<float*>(pool_) + at, src, static_cast<size_t>(width) * sizeof(float));
+    return;
+  }
+  // Nearest even with subnormals flushed to (signed) zero: the rounding of the AMX-BF16 conversion
+  // that the attention kernels apply to f32 rows, so that either cache gives them the same rows.
+  uint16_t* dst = static_cast<uint16_t*>(pool_) + at;
+  for (int64_t i = 0; i < width; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, src + i, sizeof(bits));
+    dst[i] = (bits & 0x7f800000u) == 0 ? static_cast<uint16_t>(bits >> 16 & 0x8000u) : F32ToBf16(src[i]);
+  }
 }
 
 LatentCacheView LatentKvCache::View(int64_t layer) const {
   LatentCacheView v;
-  v.pool = pool_ + layer * n_pages_ * kPageSize * (kv_rank_ + rope_dim_);
+  const int64_t first = layer * n_pages_ * kPageSize * (kv_rank_ + rope_dim_);
+  if (bf16_) {
+    v.pool_bf16 = static_cast<const uint16_t*>(pool_) + first;
+  } else {
+    v.pool = static_cast<const float*>(pool_) + first;
+  }
   v.page_size = kPageSize;
   v.kv_rank = kv_rank_;
   v.rope_dim = rope_dim_;

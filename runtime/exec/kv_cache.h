@@ -1,6 +1,7 @@
 // LatentKvCache: the absorbed-MLA cache. Per token and layer it holds only the normalised latent ĉ
-// (kv_lora_rank floats) and the rotated rope key k^R (qk_rope_head_dim floats), in fixed-size pages
+// (kv_lora_rank values) and the rotated rope key k^R (qk_rope_head_dim values), in fixed-size pages
 // shared by all sequences of a session. A sequence owns a page table that is valid for every layer.
+// Rows are f32, or bf16 (nearest even) when the backend reads them so (Backend::Bf16LatentCache).
 #pragma once
 
 #include <cstdint>
@@ -20,7 +21,9 @@ class LatentKvCache {
   LatentKvCache(const LatentKvCache&) = delete;
   LatentKvCache& operator=(const LatentKvCache&) = delete;
 
-  Status Init(int64_t n_layers, int64_t kv_rank, int64_t rope_dim, int64_t capacity_tokens, int64_t max_sequences);
+  Status Init(int64_t n_layers, int64_t kv_rank, int64_t rope_dim, int64_t capacity_tokens, int64_t max_sequences,
+              bool bf16 = false);
+  bool bf16() const { return bf16_; }
 
   // Token budget over all sequences. Pages are provisioned so the budget is always reachable, even
   // with every sequence's last page partly filled.
@@ -41,7 +44,8 @@ class LatentKvCache {
   void Shrink(int64_t seq);
   void Remove(int64_t seq);
 
-  float* Row(int64_t layer, int64_t seq, int64_t position);
+  // Stores row_width() values of src as the row of (layer, seq, position), rounded in a bf16 cache.
+  void WriteRow(int64_t layer, int64_t seq, int64_t position, const float* src);
   LatentCacheView View(int64_t layer) const;
 
  private:
@@ -50,7 +54,8 @@ class LatentKvCache {
     std::vector<int32_t> pages;
   };
   static constexpr size_t kPoolAlignment = 64;
-  float* pool_ = nullptr;  // AlignedAlloc(kPoolAlignment)
+  void* pool_ = nullptr;  // AlignedAlloc(kPoolAlignment): f32 or bf16 rows
+  bool bf16_ = false;
   int64_t n_layers_ = 0, kv_rank_ = 0, rope_dim_ = 0, n_pages_ = 0, capacity_ = 0;
   std::vector<int32_t> free_list_;
   std::vector<Sequence> seqs_;

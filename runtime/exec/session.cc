@@ -19,7 +19,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   s->options_ = options;
   const ModelConfig& c = s->model_->config();
   MOERUN_RETURN_IF_ERROR(s->cache_.Init(c.num_layers, c.kv_lora_rank, c.qk_rope_head_dim, options.kv_capacity,
-                                        options.max_sequences));
+                                        options.max_sequences, s->model_->backend().Bf16LatentCache()));
   try {
     s->buffers_.resize(3);
     s->scratch_.resize(kScratchSlots);

@@ -99,7 +99,9 @@ void AddStacked(std::vector<WeightView>* out, const StackedWeight& s) {
 }  // namespace
 
 uint64_t Model::kv_bytes_per_token() const {
-  return static_cast<uint64_t>(config().num_layers) * config().kv_cache_width() * sizeof(float);
+  // The session's cache holds bf16 rows when the backend reads them so (Backend::Bf16LatentCache).
+  const uint64_t bytes = backend().Bf16LatentCache() ? 2 : 4;
+  return static_cast<uint64_t>(config().num_layers) * config().kv_cache_width() * bytes;
 }
 
 Result<std::shared_ptr<Model>> Model::Create(std::shared_ptr<ModelFile> file, const std::string& backend,
