@@ -172,10 +172,12 @@ class Bench {
   ~Bench() { moerun_model_destroy(model_); }
   // The precision the runs used (what --precision auto resolved to), once Run has loaded the model.
   moerun_precision precision() const { return precision_; }
+  // The session's KV cache bytes per token (model info), once Run has loaded the model.
+  uint64_t kv_bytes_per_token() const { return kv_bytes_per_token_; }
 
   // One thread count: load, probes, then prefill/decode runs. Appends a JSON object to out.
-  bool Run(int threads, const ActiveWork& work, uint32_t vocab, uint64_t kv_bytes_per_token, std::string* out,
-           std::string* text, std::string* err) {
+  bool Run(int threads, const ActiveWork& work, uint32_t vocab, std::string* out, std::string* text,
+           std::string* err) {
     // The previous run's model goes first, so that its mapped pages and the probes' buffers never
     // count together in the peak RSS.
     moerun_model_destroy(model_);
@@ -198,6 +200,7 @@ class Bench {
     moerun_model_info_init(&info);
     if (moerun_model_get_info(model_, &info) != MOERUN_OK) return Fail(err, "model info");
     precision_ = info.precision;  // what auto resolved to
+    kv_bytes_per_token_ = info.kv_bytes_per_token;  // bf16 rows where the backend keeps them so
     n_expert_counts_ = size_t{info.num_layers} * info.n_routed_experts;
     const bool int8_path = work.q8_weights && precision_ == MOERUN_PRECISION_BF16;
     const double peak = int8_path ? peak_int8 : peak_bf16;
@@ -287,7 +290,7 @@ class Bench {
     std::vector<double> ctx_tps, ctx_fill_tps, ctx_adjacent;
     // What a decode step at --context reads: the active weights and the whole KV cache.
     const double ctx_bytes =
-        static_cast<double>(work.weight_bytes) + static_cast<double>(kv_bytes_per_token) * o_.context;
+        static_cast<double>(work.weight_bytes) + static_cast<double>(kv_bytes_per_token_) * o_.context;
     if (o_.context > 0) {
       moerun_session* s = NewSession(threads, static_cast<uint32_t>(o_.context + o_.gen + 1), 1);
       if (!s) return Fail(err, "creating session");
@@ -448,6 +451,7 @@ class Bench {
   RssWatch rss_;
   moerun_model* model_ = nullptr;
   moerun_precision precision_ = MOERUN_PRECISION_AUTO;
+  uint64_t kv_bytes_per_token_ = 0;
   size_t n_expert_counts_ = 0;
   std::vector<uint64_t> counts_before_, counts_after_;
 };
@@ -492,13 +496,12 @@ int RunBench(int argc, char** argv) {
 
   ActiveWork work;
   uint32_t vocab = 0;
-  uint64_t kv_per_token = 0, file_bytes = 0;
+  uint64_t file_bytes = 0;
   {
     auto file = ModelFile::Open(o.path, VerifyOptions{});
     if (!file.ok()) return Fail(file.status().message());
     work = Active(*file.value());
     vocab = file.value()->config().vocab_size;
-    kv_per_token = static_cast<uint64_t>(file.value()->config().num_layers) * file.value()->config().kv_cache_width() * 4;
     file_bytes = file.value()->file_size();
   }
   const double read_s = FileReadSeconds(o.path);
@@ -507,7 +510,7 @@ int RunBench(int argc, char** argv) {
   Bench bench(o);
   for (size_t i = 0; i < o.threads.size(); ++i) {
     std::string one;
-    if (!bench.Run(o.threads[i], work, vocab, kv_per_token, &one, &text, &err)) return Fail("bench: " + err);
+    if (!bench.Run(o.threads[i], work, vocab, &one, &text, &err)) return Fail("bench: " + err);
     runs += (i ? ", " : "") + one;
   }
   const double rss_mib = bench.PeakRssKiB() / 1024.0;
@@ -518,7 +521,7 @@ int RunBench(int argc, char** argv) {
                 "\"kv_bytes_per_token\": %llu, \"peak_rss_mib\": %.1f, \"runs\": [",
                 JsonEscape(o.path).c_str(), o.backend.c_str(), PrecisionName(bench.precision()), static_cast<long long>(o.repeat),
                 static_cast<long long>(o.gen), static_cast<unsigned long long>(file_bytes), read_s,
-                static_cast<unsigned long long>(work.weight_bytes), static_cast<unsigned long long>(kv_per_token),
+                static_cast<unsigned long long>(work.weight_bytes), static_cast<unsigned long long>(bench.kv_bytes_per_token()),
                 rss_mib);
   if (o.json) {
     std::printf("%s%s]}\n", head, runs.c_str());
@@ -529,7 +532,7 @@ int RunBench(int argc, char** argv) {
   std::printf("file %.1f MiB (read from page cache in %.3f s), %.1f MiB active weights per decode token, "
               "KV %llu bytes per token, peak RSS %.1f MiB\n%s",
               file_bytes / 1048576.0, read_s, work.weight_bytes / 1048576.0,
-              static_cast<unsigned long long>(kv_per_token), rss_mib, text.c_str());
+              static_cast<unsigned long long>(bench.kv_bytes_per_token()), rss_mib, text.c_str());
   return 0;
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "converters/safetensors.h"
+#include "moerun/moerun.h"
 #include "tests/api/test_dir.h"
 
 namespace {
@@ -129,9 +130,22 @@ TEST(Cli, BenchPrintsFigures) {
                           "\"time_to_first_token_s\"", "\"file_read_s\"", "\"peak_rss_mib\"",
                           "\"active_weight_bytes_per_token\"", "\"weight_bytes_per_step\"", "\"batch\": 2", "\"context\": 20", "\"context_prefill\""})
     EXPECT_NE(r.out.find(key), std::string::npos) << key << " missing in " << r.out;
-  const Result text = RunCli("bench " + model + " --prompt 8 --gen 2 --repeat 1 --probe-mib 32 --threads 1");
+  const Result text =
+      RunCli("bench " + model + " --prompt 8 --gen 2 --repeat 1 --probe-mib 32 --threads 1 --precision bf16");
   ASSERT_EQ(text.code, 0) << text.out;
   EXPECT_NE(text.out.find("decode batch 1"), std::string::npos) << text.out;
+  // The KV bytes it counts are the session's (bf16 rows where the backend keeps them so).
+  moerun_model_options mo;
+  moerun_model_options_init(&mo);
+  mo.precision = MOERUN_PRECISION_BF16;
+  moerun_model* m = nullptr;
+  ASSERT_EQ(moerun_model_load(model.c_str(), &mo, &m), MOERUN_OK) << moerun_last_error();
+  moerun_model_info info;
+  moerun_model_info_init(&info);
+  ASSERT_EQ(moerun_model_get_info(m, &info), MOERUN_OK);
+  moerun_model_destroy(m);
+  const std::string kv = "KV " + std::to_string(info.kv_bytes_per_token) + " bytes per token";
+  EXPECT_NE(text.out.find(kv), std::string::npos) << kv << " missing in " << text.out;
 }
 
 TEST(Cli, ErrorsAreOneLineAndNonZero) {
