@@ -255,6 +255,36 @@ TEST(Q8Kernels, InsideParallelRegion) {
   for (int i = 0; i < 8; ++i) EXPECT_TRUE(same[i]) << i;
 }
 
+// Matrices of many panel chunks (8 panels each from 64 panels on), an odd panel last: each thread
+// claims its next chunk before finishing the current one (to prefetch across the boundary). Every
+// output is computed once, from the right panel, with two threads splitting the chunks and with one
+// thread (inside a parallel region) taking them all.
+// (Without AMX the request runs the VNNI kernel, which must give the same bits.)
+TEST(Q8Kernels, AmxChunksMatchDefinition) {
+  std::mt19937 rng(7);
+  for (int64_t N : {1024, 1100}) {
+    const int64_t K = 256, M = 32;
+    const Q8Weight w = RandomWeight(N, K, rng);
+    const std::vector<float> x = RandomActivations(M, K, rng);
+    const Quantized a = Quantize(x, K, M, K, false);
+    const std::vector<float> want = ReferenceInt8(w, a.b, M);
+    Output out(N, M);
+    LinearInt8On(Int8Path::kAmx, w.view(), a.b.xq, a.b.xs, a.b.xsum, M, out.y.data(), out.ld);
+    out.ExpectGuardsIntact();
+    std::vector<float> inside(M * N, -1.0f);
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+      LinearInt8On(Int8Path::kAmx, w.view(), a.b.xq, a.b.xs, a.b.xsum, M, inside.data(), N);
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t r = 0; r < N; ++r) {
+        ASSERT_EQ(out.At(m, r), want[m * N + r]) << "N " << N << " at " << m << "," << r;
+        ASSERT_EQ(inside[m * N + r], want[m * N + r]) << "N " << N << ", one thread, at " << m << "," << r;
+      }
+  }
+}
+
 TEST(Q8Kernels, F32MatchesDoubleReference) {
   std::mt19937 rng(4);
   std::normal_distribution<float> d(0.0f, 0.05f);
