@@ -73,10 +73,7 @@ struct LatentCacheView {
       return;
     }
     const uint16_t* src = RowBf16(pages, position);
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
-      std::memcpy(dst + i, &bits, sizeof(float));
-    }
+    for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(src[i]);
   }
 };
 

@@ -103,6 +103,11 @@ void PackQueries(const MlaAttentionArgs& a, int64_t t, const Work& w, int64_t g,
 // the rows: finite, and they only reach columns of O that are never read.
 void PackTile(const MlaAttentionArgs& a, int64_t t, const Work& w, int64_t j, int64_t kt, int64_t nb, int64_t j1) {
   const int32_t* pages = a.token_pages[t];
+  // Rows by index computed here, not through LatentCacheView's inline members: their copies built
+  // with this file's AMX flags could be the ones the linker keeps for other files.
+  const int64_t ps = a.cache.page_size;
+  auto at = [&](int64_t pos) { return (static_cast<int64_t>(pages[pos / ps]) * ps + pos % ps) * w.W; };
+  const bool bf16_rows = a.cache.pool_bf16 != nullptr;
   for (int64_t i = 0; i < kKeyTile; ++i) {
     const int64_t k = kt * kKeyTile + i;
     uint16_t* row = w.kb + i * w.Wp;
@@ -110,12 +115,13 @@ void PackTile(const MlaAttentionArgs& a, int64_t t, const Work& w, int64_t j, in
       std::memset(row, 0, static_cast<size_t>(w.Wp) * sizeof(uint16_t));
       continue;
     }
-    if (a.cache.bf16()) {
+    const bool ahead = j + k + kPrefetchRows < j1;
+    if (bf16_rows) {
       // bf16 rows: copied as they are (the rounding the f32 rows get below).
-      const uint16_t* src = a.cache.RowBf16(pages, j + k);
-      if (j + k + kPrefetchRows < j1) {
-        const char* ahead = reinterpret_cast<const char*>(a.cache.RowBf16(pages, j + k + kPrefetchRows));
-        for (int64_t b = 0; b < w.W * 2; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T1);
+      const uint16_t* src = a.cache.pool_bf16 + at(j + k);
+      if (ahead) {
+        const char* next = reinterpret_cast<const char*>(a.cache.pool_bf16 + at(j + k + kPrefetchRows));
+        for (int64_t b = 0; b < w.W * 2; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
       }
       for (int64_t c = 0; c < w.Wp; c += 32) {
         const __mmask32 m = w.W - c >= 32 ? ~__mmask32{0} : (__mmask32{1} << (w.W - c)) - 1;
@@ -123,10 +129,10 @@ void PackTile(const MlaAttentionArgs& a, int64_t t, const Work& w, int64_t j, in
       }
       continue;
     }
-    const float* src = a.cache.Row(pages, j + k);
-    if (j + k + kPrefetchRows < j1) {
-      const char* ahead = reinterpret_cast<const char*>(a.cache.Row(pages, j + k + kPrefetchRows));
-      for (int64_t b = 0; b < w.W * 4; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T1);
+    const float* src = a.cache.pool + at(j + k);
+    if (ahead) {
+      const char* next = reinterpret_cast<const char*>(a.cache.pool + at(j + k + kPrefetchRows));
+      for (int64_t b = 0; b < w.W * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
     }
     int64_t c = 0;
     for (; c + 32 <= w.W; c += 32) {

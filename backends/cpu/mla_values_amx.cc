@@ -115,7 +115,7 @@ void PackKeys(const MlaAttentionArgs& a, const Geometry& g, const Seq& s, int64_
     int64_t done = 0;
     if (j < s.n) {
       const int64_t at = (static_cast<int64_t>(s.pages[j / ps]) * ps + j % ps) * g.W;
-      if (a.cache.bf16()) {
+      if (a.cache.pool_bf16) {  // bf16 rows (inline members of the view are not used in this file)
         std::memcpy(row, a.cache.pool_bf16 + at, static_cast<size_t>(g.W) * sizeof(uint16_t));
       } else {
         ConvertRow(a.cache.pool + at, g.W, row);
