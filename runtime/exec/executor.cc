@@ -29,8 +29,8 @@ void EmbeddingRow(const EmbeddingTable& t, int64_t id, float* out) {
 }  // namespace
 
 float* Session::Scratch(size_t slot, size_t floats) {
-  std::vector<float>& v = scratch_[slot];
-  if (v.size() < floats) v.resize(floats);  // may throw bad_alloc: Decode turns it into a status
+  ScratchFloats& v = scratch_[slot];
+  v.Grow(floats);  // may throw bad_alloc: Decode turns it into a status
   return v.data();
 }
 

@@ -53,8 +53,8 @@ class LatentKvCache {
     uint32_t length = 0;
     std::vector<int32_t> pages;
   };
-  static constexpr size_t kPoolAlignment = 64;
-  void* pool_ = nullptr;  // AlignedAlloc(kPoolAlignment): f32 or bf16 rows
+  void* pool_ = nullptr;  // AllocateLarge: f32 or bf16 rows
+  size_t pool_align_ = 64;
   bool bf16_ = false;
   int64_t n_layers_ = 0, kv_rank_ = 0, rope_dim_ = 0, n_pages_ = 0, capacity_ = 0;
   std::vector<int32_t> free_list_;

@@ -21,8 +21,6 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   MOERUN_RETURN_IF_ERROR(s->cache_.Init(c.num_layers, c.kv_lora_rank, c.qk_rope_head_dim, options.kv_capacity,
                                         options.max_sequences, s->model_->backend().Bf16LatentCache()));
   try {
-    s->buffers_.resize(3);
-    s->scratch_.resize(kScratchSlots);
     s->head_views_.resize(c.num_heads);
     s->expert_offset_.resize(c.n_routed_experts + 1);
     s->expert_next_.resize(c.n_routed_experts);
@@ -92,7 +90,7 @@ Status Session::Decode(const Batch& b) {
   std::vector<uint32_t> old_length;
   try {
     old_length.resize(static_cast<size_t>(n_seq));
-    for (auto& buf : buffers_) buf.resize(static_cast<size_t>(T) * c.hidden_size);
+    for (auto& buf : buffers_) buf.Grow(static_cast<size_t>(T) * c.hidden_size);
     // Last: if it fails, resize has left the previous decode's logits as they were.
     logits_.resize(static_cast<size_t>(n_out) * c.vocab_size);
   } catch (const std::bad_alloc&) {

@@ -2,9 +2,12 @@
 // batch of tokens from those sequences. Used by one thread at a time; many sessions share a Model.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <vector>
+
+#include "runtime/core/aligned_buffer.h"
 
 #include "runtime/exec/kv_cache.h"
 #include "runtime/model/model.h"
@@ -72,8 +75,8 @@ class Session {
   std::vector<int64_t> out_row_;  // batch index -> logits row or -1
   std::vector<int64_t> pending_out_row_;  // out_row_ of the batch being validated
   std::vector<float> logits_;     // [n_out, vocab]
-  std::vector<std::vector<float>> buffers_;  // activation buffers 0..2, [T, D]
-  std::vector<std::vector<float>> scratch_;
+  std::array<ScratchFloats, 3> buffers_;  // activation buffers 0..2, [T, D]
+  std::array<ScratchFloats, kScratchSlots> scratch_;
   std::vector<int32_t> route_experts_;
   std::vector<float> route_weights_;
   std::vector<int64_t> expert_offset_;   // [E + 1]: first slot of each expert
