@@ -22,11 +22,11 @@ inline void AlignedFree(void* p, size_t alignment) noexcept {
 
 namespace moerun {
 
-// Blocks of kHugeBytes or more are aligned to it and advised as transparent huge pages (where the
-// kernel gives them only on request, as with Debian's default `madvise` setting): their first touch
-// then costs one page fault per 2 MiB instead of one per 4 KiB, and reading them fewer TLB misses.
-// Smaller blocks are 64-byte aligned. Not zero-filled. Null on failure; *alignment receives the
-// alignment to pass to AlignedFree.
+// Blocks of kHugeBytes or more are aligned to it, and their whole huge pages are advised as
+// transparent huge pages (which the kernel gives only on request under Debian's default `madvise`
+// setting): their first touch then costs one page fault per 2 MiB instead of one per 4 KiB. Smaller
+// blocks are 64-byte aligned. Sizes are rounded up to 64 bytes only. Not zero-filled. Null on
+// failure; *alignment receives the alignment to pass to AlignedFree.
 constexpr size_t kHugeBytes = size_t{2} << 20;
 void* AllocateLarge(size_t bytes, size_t* alignment) noexcept;
 
@@ -44,8 +44,9 @@ class ScratchFloats {
   float* data() const { return data_; }
   size_t size() const { return size_; }
 
-  // Makes at least n floats available, keeping the first size() of them. Throws std::bad_alloc (and
-  // leaves the buffer as it was) when the memory is not there.
+  // Makes at least n floats available (at least twice the old size when it grows), keeping the first
+  // size() of them. Throws std::bad_alloc (and leaves the buffer as it was) when the memory is not
+  // there.
   void Grow(size_t n);
 
  private:

@@ -8,7 +8,7 @@
 
 namespace moerun {
 
-LatentKvCache::~LatentKvCache() { AlignedFree(pool_, pool_align_); }
+LatentKvCache::~LatentKvCache() { AlignedFree(pool_, kPoolAlignment); }
 
 Status LatentKvCache::Init(int64_t n_layers, int64_t kv_rank, int64_t rope_dim, int64_t capacity_tokens,
                            int64_t max_sequences, bool bf16) {
@@ -25,7 +25,7 @@ Status LatentKvCache::Init(int64_t n_layers, int64_t kv_rank, int64_t rope_dim, 
       !CheckedMul(values, static_cast<uint64_t>(kv_rank + rope_dim), &values) ||
       !CheckedMul(values, bf16 ? 2 : 4, &bytes) || n_pages_ > INT32_MAX)
     return InvalidArgument("kv_capacity is too large");
-  pool_ = AllocateLarge(bytes, &pool_align_);
+  pool_ = AlignedAlloc(kPoolAlignment, AlignUp(bytes, kPoolAlignment));
   if (!pool_)
     return OutOfMemory("allocating the KV cache (" + std::to_string(bytes >> 20) + " MiB for " +
                        std::to_string(capacity_tokens) + " tokens)");

@@ -53,8 +53,11 @@ class LatentKvCache {
     uint32_t length = 0;
     std::vector<int32_t> pages;
   };
-  void* pool_ = nullptr;  // AllocateLarge: f32 or bf16 rows
-  size_t pool_align_ = 64;
+  static constexpr size_t kPoolAlignment = 64;
+  // f32 or bf16 rows. Not advised as huge pages (unlike session scratch, aligned_buffer.h): a short
+  // sequence touches one page per layer, and a 2 MiB page per layer per session would multiply the
+  // memory of many small sessions.
+  void* pool_ = nullptr;
   bool bf16_ = false;
   int64_t n_layers_ = 0, kv_rank_ = 0, rope_dim_ = 0, n_pages_ = 0, capacity_ = 0;
   std::vector<int32_t> free_list_;

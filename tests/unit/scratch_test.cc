@@ -57,6 +57,13 @@ TEST(ScratchFloats, GrowsKeepingContentsAndAligned) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(s.data()) % kHugeBytes, 0u);
   for (int i = 0; i < 100; ++i) ASSERT_EQ(s.data()[i], static_cast<float>(i) + 0.5f) << i;
   s.data()[big - 1] = 1.0f;  // the whole size is usable
+  // A small step up at least doubles (as std::vector does), so a context fed in chunks does not
+  // reallocate and copy on every chunk.
+  const size_t doubled = 2 * s.size();
+  s.Grow(s.size() + 1);
+  EXPECT_GE(s.size(), doubled);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(s.data()) % kHugeBytes, 0u);
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(s.data()[i], static_cast<float>(i) + 0.5f) << i;
 
   // Large blocks carry the huge-page advice (smaps' "hg" flag) where the kernel has transparent huge
   // pages at all; small ones do not need it.
