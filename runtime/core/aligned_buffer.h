@@ -18,10 +18,6 @@ inline void AlignedFree(void* p, size_t alignment) noexcept {
   if (p) ::operator delete(p, std::align_val_t(alignment));
 }
 
-}  // namespace moerun
-
-namespace moerun {
-
 // Blocks of kHugeBytes or more are aligned to it, and their whole huge pages are advised as
 // transparent huge pages (which the kernel gives only on request under Debian's default `madvise`
 // setting): their first touch then costs one page fault per 2 MiB instead of one per 4 KiB. Smaller

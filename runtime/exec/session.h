@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "runtime/core/aligned_buffer.h"
-
 #include "runtime/exec/kv_cache.h"
 #include "runtime/model/model.h"
 
