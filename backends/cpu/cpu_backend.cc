@@ -20,6 +20,7 @@ CpuFeatures CpuFeatures::Detect() {
   const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
   f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && f16c;
+  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   f.onednn = true;
   return f;
 }
@@ -35,7 +36,9 @@ Result<std::unique_ptr<Backend>> CreateCpuBackend(Precision precision) {
   } catch (const std::bad_alloc&) {  // from the constructor (the oneDNN state)
   }
   if (!backend) return OutOfMemory("creating the cpu backend");
-  if (!features.avx512) Log(LogLevel::kInfo, "cpu backend: no AVX-512; using scalar kernels");
+  if (!features.avx512)
+    Log(LogLevel::kInfo, features.avx2 ? "cpu backend: no AVX-512; int8 matmuls on AVX2, other kernels scalar"
+                                       : "cpu backend: no AVX-512 or AVX2; using scalar kernels");
   return backend;
 }
 

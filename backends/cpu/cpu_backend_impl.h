@@ -13,12 +13,14 @@
 #include <vector>
 
 #include "backends/backend.h"
+#include "backends/cpu/q8_kernels.h"
 
 namespace moerun::cpu {
 
 // What the machine (or a test) lets the backend use.
 struct CpuFeatures {
   bool avx512 = false;  // F, BW, VL plus FMA and F16C: the own kernels; scalar code otherwise
+  bool avx2 = false;    // AVX2 and FMA: the int8 kernel where AVX-512 is missing (q8_avx2.cc)
   bool onednn = true;   // route f32 / bf16 GEMMs to oneDNN (off: the own kernels do everything)
   static CpuFeatures Detect();
 };
@@ -75,6 +77,7 @@ class CpuBackend final : public Backend {
   void LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   void LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   bool SharesInt8Input(const WeightView* w, int64_t count, int64_t M, const float* x, int64_t ldx) const;
+  q8::Int8Path Int8Kernel() const;
   const uint16_t* FindBf16Copy(const WeightView& w) const;
   const uint8_t* FindF8Flags(const WeightView& w) const;
   void PrepareF8Flags(const WeightView& w);

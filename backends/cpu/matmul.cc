@@ -148,7 +148,7 @@ void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x,
     q8::QuantizeActivations(x, ldx, M, w[0].cols, a.xq, a.xs, a.xsum);
 #pragma omp parallel for schedule(dynamic, 1) if (across)
     for (int64_t i = 0; i < count; ++i)
-      q8::LinearInt8(w[i], a.xq, a.xs, a.xsum, M, y + i * y_step, M == 1 ? w[i].rows : ldy);
+      q8::LinearInt8On(Int8Kernel(), w[i], a.xq, a.xs, a.xsum, M, y + i * y_step, M == 1 ? w[i].rows : ldy);
     return;
   }
   ParallelErrors errors;
@@ -193,29 +193,31 @@ q8::ActivationBuffers ThreadActivations(int slot, int64_t M, int64_t K) {
 
 }  // namespace
 
+// The int8 kernels this backend may use: all of them with AVX-512 (LinearInt8 then picks AMX, VNNI or
+// AVX2 by M and the CPU), the AVX2 one without, the portable one without either (or in tests that
+// switch the features off).
+q8::Int8Path CpuBackend::Int8Kernel() const {
+  return features_.avx512 ? q8::Int8Path::kAuto : features_.avx2 ? q8::Int8Path::kAvx2 : q8::Int8Path::kScalar;
+}
+
 // q8_panel weights: f32 precision widens them exactly (q8::LinearF32); bf16 precision runs the int8
-// path (activations quantised per 128-column group, runtime/core/q8_panel.h) on VNNI / AMX.
+// path (activations quantised per 128-column group, runtime/core/q8_panel.h) on AMX / VNNI / AVX2.
 void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const {
-  // Without AVX-512 (or in tests that switch it off) the portable kernels run.
+  // Without AVX-512 (or in tests that switch it off) the portable quantisation runs: same bytes.
   const bool simd = features_.avx512;
   if (precision_ == Precision::kF32) {
     (simd ? q8::LinearF32 : q8::LinearF32Scalar)(w, x, ldx, M, y, ldy);
     return;
   }
   const q8::ActivationBuffers a = ThreadActivations(0, M, w.cols);
-  if (simd) {
-    q8::QuantizeActivations(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
-    q8::LinearInt8(w, a.xq, a.xs, a.xsum, M, y, ldy);
-  } else {
-    q8::QuantizeActivationsScalar(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
-    q8::LinearInt8Scalar(w, a.xq, a.xs, a.xsum, M, y, ldy);
-  }
+  (simd ? q8::QuantizeActivations : q8::QuantizeActivationsScalar)(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
+  q8::LinearInt8On(Int8Kernel(), w, a.xq, a.xs, a.xsum, M, y, ldy);
 }
 
 // True when Linear would run these weights on the int8 SIMD path with x quantised the same way for
 // each: then the quantisation can be shared.
 bool CpuBackend::SharesInt8Input(const WeightView* w, int64_t count, int64_t M, const float* x, int64_t ldx) const {
-  if (precision_ != Precision::kBF16 || !features_.avx512 || M <= 0 || count <= 0) return false;
+  if (precision_ != Precision::kBF16 || Int8Kernel() == q8::Int8Path::kScalar || M <= 0 || count <= 0) return false;
   for (int64_t i = 0; i < count; ++i)
     if (w[i].dtype != DType::kQ8Panel || w[i].cols != w[0].cols || w[i].cols == 0 || w[i].rows == 0 ||
         !ValidLinearArgs(w[i], x, ldx, M, x, w[i].rows))
@@ -234,7 +236,8 @@ void CpuBackend::LinearSameInput(const WeightView* w, int64_t count, const float
   // One quantisation of x for all of them: the same bytes each Linear would have made.
   const q8::ActivationBuffers a = ThreadActivations(0, M, w[0].cols);
   q8::QuantizeActivations(x, ldx, M, w[0].cols, a.xq, a.xs, a.xsum);
-  for (int64_t i = 0; i < count; ++i) q8::LinearInt8(w[i], a.xq, a.xs, a.xsum, M, y[i], M == 1 ? w[i].rows : ldy[i]);
+  for (int64_t i = 0; i < count; ++i)
+    q8::LinearInt8On(Int8Kernel(), w[i], a.xq, a.xs, a.xsum, M, y[i], M == 1 ? w[i].rows : ldy[i]);
 }
 
 // Int8 path: each token's row is quantised once for the layer, not once per selected expert and
@@ -262,8 +265,8 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
       std::memcpy(b.xs + r * G, all.xs + t * G, static_cast<size_t>(G) * sizeof(float));
       std::memcpy(b.xsum + r * G, all.xsum + t * G, static_cast<size_t>(G) * sizeof(int32_t));
     }
-    q8::LinearInt8(a.gate[i], b.xq, b.xs, b.xsum, m, a.g + o * I, I);
-    q8::LinearInt8(a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I);
+    q8::LinearInt8On(Int8Kernel(), a.gate[i], b.xq, b.xs, b.xsum, m, a.g + o * I, I);
+    q8::LinearInt8On(Int8Kernel(), a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I);
     SiluMul(a.g + o * I, a.u + o * I, a.g + o * I, m * I);
     Linear(a.down[i], a.g + o * I, I, m, a.y + o * D, D);
   });

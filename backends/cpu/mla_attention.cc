@@ -266,7 +266,13 @@ __attribute__((target("avx512f,fma"))) void AttendAvx512(Scratch& sc, int64_t H,
   }
 }
 
+// kRound (bf16 precision): queries, key rows and each probability (relative to this span's max; the
+// sum adds the rounded ones) rounded to bf16, as the AMX kernels and the reference backend do.
+template <bool kRound>
 void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float scale, const Partial& p) {
+  auto in = [](float v) { return kRound ? mla::RoundBf16(v) : v; };
+  if (kRound)
+    for (int64_t i = 0; i < H * W; ++i) sc.q[i] = mla::RoundBf16(sc.q[i]);
   for (int64_t h = 0; h < H; ++h) {
     const float* q = sc.q.data() + h * W;
     float* s = sc.scores.data() + h * n;
@@ -275,12 +281,12 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
       const float* row = sc.rows[j];
       float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < W; ++i) acc += q[i] * row[i];
+      for (int64_t i = 0; i < W; ++i) acc += q[i] * in(row[i]);
       s[j] = scale * acc;
       mx = std::max(mx, s[j]);
     }
     float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    for (int64_t j = 0; j < n; ++j) sum += (s[j] = in(std::exp(s[j] - mx)));
     p.max[h] = mx;
     p.sum[h] = sum;
     float* o = p.out + h * R;
@@ -289,14 +295,13 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
       const float* row = sc.rows[j];
       const float e = s[j];
 #pragma omp simd
-      for (int64_t i = 0; i < R; ++i) o[i] += e * row[i];
+      for (int64_t i = 0; i < R; ++i) o[i] += e * in(row[i]);
     }
   }
 }
 
-
 // Which kernel the latent path runs.
-enum class Kernel { kScalar, kAvx512, kAmxBf16 };
+enum class Kernel { kScalar, kScalarBf16, kAvx512, kAmxBf16 };
 
 // Keys [j0, j1) of token t, all heads. False when scratch could not be allocated (logged).
 bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Kernel kernel, const Partial& p) {
@@ -333,7 +338,11 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Ke
       std::memcpy(sc.q.data() + h * W, a.q_latent + (t * H + h) * R, static_cast<size_t>(R) * sizeof(float));
       std::memcpy(sc.q.data() + h * W + R, a.q_rope + (t * H + h) * P, static_cast<size_t>(P) * sizeof(float));
     }
-    AttendScalar(sc, H, n, R, W, a.scale, p);
+    if (kernel == Kernel::kScalarBf16) {
+      AttendScalar<true>(sc, H, n, R, W, a.scale, p);
+    } else {
+      AttendScalar<false>(sc, H, n, R, W, a.scale, p);
+    }
   }
   return true;
 }
@@ -405,11 +414,11 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   if (a.values) {
     // bf16 precision rounds the attention's matmul inputs too: AMX tile products where there are
-    // some; f32 keeps the exact path.
+    // some, rounded inputs in the scalar kernel; the AVX-512 kernel and f32 keep the exact path.
     if (AmxAttention()) {
       mla::amx::AttendValues(a, parallel);
     } else {
-      mla::AttendValues(a, features_.avx512, parallel);
+      mla::AttendValues(a, features_.avx512, precision_ == Precision::kBF16, parallel);
     }
     return;
   }
@@ -420,7 +429,10 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
                        : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
                                              std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
   // bf16 precision rounds the attention's matmul inputs (AMX tile products) where there is AMX-BF16.
-  const Kernel kernel = !features_.avx512 ? Kernel::kScalar : AmxAttention() ? Kernel::kAmxBf16 : Kernel::kAvx512;
+  // Without AVX-512 the scalar kernel rounds like them (kScalarBf16); the AVX-512 kernel stays exact.
+  const Kernel kernel = !features_.avx512 ? (precision_ == Precision::kBF16 ? Kernel::kScalarBf16 : Kernel::kScalar)
+                        : AmxAttention()  ? Kernel::kAmxBf16
+                                          : Kernel::kAvx512;
   // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
   // thrown: reported as std::bad_alloc after them (the session turns it into out of memory).
   std::vector<uint8_t> failed(static_cast<size_t>(T), 0);

@@ -90,9 +90,22 @@ void LogScratchFailure(const char* what, int64_t keys) noexcept;
 // The same for any message.
 void LogError(const char* message) noexcept;
 
+// x rounded to bf16 and back (round to nearest even, NaN stays NaN): Bf16ToF32(F32ToBf16(x)), in a
+// form the compiler vectorises.
+inline float RoundBf16(float x) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &x, 4);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  bits = (bits & 0x7fffffffu) > 0x7f800000u ? (bits | 0x00400000u) & 0xffff0000u : rounded;
+  __builtin_memcpy(&x, &bits, 4);
+  return x;
+}
+
 // The values path (MlaAttentionArgs::values): out [T, H, v_dim]. Throws std::bad_alloc when scratch
-// could not be allocated, after its parallel region.
-void AttendValues(const MlaAttentionArgs& a, bool avx, bool parallel);
+// could not be allocated, after its parallel region. round (bf16 precision; the scalar kernel only):
+// queries, keys, values and probabilities rounded to bf16 as the AMX kernels and the reference
+// backend round them.
+void AttendValues(const MlaAttentionArgs& a, bool avx, bool round, bool parallel);
 
 // The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and
 // the probabilities rounded to bf16, f32 accumulation and softmax, the running maximum updated per

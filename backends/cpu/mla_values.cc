@@ -307,45 +307,52 @@ __attribute__((target("avx512f,fma"))) bool AttendTileValues(const MlaAttentionA
   return true;
 }
 
-// Values path without AVX-512: token t alone, all heads. False when scratch could not be allocated.
+// Values path without AVX-512: token t alone, all heads. kRound (bf16 precision): queries, key rows,
+// value rows and each probability (relative to the row's max; the sum adds the rounded ones) rounded
+// to bf16, as the AMX kernels and the reference backend do. False when scratch could not be allocated.
+template <bool kRound>
 bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim, H = a.n_heads, dv = a.v_dim;
   const int64_t n = std::max<int32_t>(a.n_keys[t], 0);
   float* out = a.out + t * H * dv;
   std::fill(out, out + H * dv, 0.0f);
   if (n == 0) return true;
-  thread_local std::vector<float> s;
+  thread_local std::vector<float> s, q;
   thread_local std::vector<const float*> rows;
   try {
     if (s.size() < static_cast<size_t>(n)) s.resize(static_cast<size_t>(n));
     if (rows.size() < static_cast<size_t>(n)) rows.resize(static_cast<size_t>(n));
+    if (q.size() < static_cast<size_t>(R + P)) q.resize(static_cast<size_t>(R + P));
   } catch (const std::exception&) {
     mla::LogScratchFailure("cpu backend: MlaAttention", n);
     return false;
   }
   for (int64_t j = 0; j < n; ++j) rows[j] = a.cache.Row(a.token_pages[t], j);
   const float* values = a.values[t];
+  auto in = [](float v) { return kRound ? RoundBf16(v) : v; };
   for (int64_t h = 0; h < H; ++h) {
-    const float* ql = a.q_latent + (t * H + h) * R;
-    const float* qr = a.q_rope + (t * H + h) * P;
+    for (int64_t i = 0; i < R; ++i) q[i] = in(a.q_latent[(t * H + h) * R + i]);
+    for (int64_t i = 0; i < P; ++i) q[R + i] = in(a.q_rope[(t * H + h) * P + i]);
+    const float* ql = q.data();
+    const float* qr = q.data() + R;
     float mx = -INFINITY;
     for (int64_t j = 0; j < n; ++j) {
       const float* row = rows[j];
       float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < R; ++i) acc += ql[i] * row[i];
-      for (int64_t i = 0; i < P; ++i) acc += qr[i] * row[R + i];
+      for (int64_t i = 0; i < R; ++i) acc += ql[i] * in(row[i]);
+      for (int64_t i = 0; i < P; ++i) acc += qr[i] * in(row[R + i]);
       s[j] = a.scale * acc;
       mx = std::max(mx, s[j]);
     }
     float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    for (int64_t j = 0; j < n; ++j) sum += (s[j] = in(std::exp(s[j] - mx)));
     float* o = out + h * dv;
     for (int64_t j = 0; j < n; ++j) {
       const float* v = values + h * a.v_head_stride + j * dv;
       const float e = s[j];
 #pragma omp simd
-      for (int64_t i = 0; i < dv; ++i) o[i] += e * v[i];
+      for (int64_t i = 0; i < dv; ++i) o[i] += e * in(v[i]);
     }
     const float inv = 1.0f / sum;
     for (int64_t i = 0; i < dv; ++i) o[i] *= inv;
@@ -358,7 +365,7 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
 // The values path: tiles of consecutive tokens of one sequence (AVX-512) or single tokens, run
 // concurrently, the last tile first (later tokens see more keys). Tiles hold up to kTileTokens
 // tokens, fewer when that leaves less than two tiles per thread.
-void AttendValues(const MlaAttentionArgs& a, bool avx, bool parallel) {
+void AttendValues(const MlaAttentionArgs& a, bool avx, bool round, bool parallel) {
   const int64_t T = a.n_tokens;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   const int64_t most = avx ? std::clamp<int64_t>(T / (2 * threads), 1, kTileTokens) : 1;
@@ -377,8 +384,9 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool parallel) {
   for (int64_t i = n_tiles - 1; i >= 0; --i) {
     bool done = false;
     try {
-      done = avx ? AttendTileValues(a, tile_start[i], tile_start[i + 1] - tile_start[i])
-                 : AttendValuesScalar(a, tile_start[i]);
+      done = avx     ? AttendTileValues(a, tile_start[i], tile_start[i + 1] - tile_start[i])
+             : round ? AttendValuesScalar<true>(a, tile_start[i])
+                     : AttendValuesScalar<false>(a, tile_start[i]);
     } catch (const std::exception&) {
     }
     if (!done) failed[i] = 1;

@@ -43,6 +43,7 @@ using ::moerun::q8::Quads;
 using ::moerun::q8::ScaleIndex;
 
 struct Support {
+  bool avx2 = false;    // AVX2 and FMA: the int8 kernel of CPUs without AVX-512 (q8_avx2.cc)
   bool avx512 = false;  // F, BW, VL, DQ and FMA: quantisation and the exact f32 kernel
   bool vnni = false;    // avx512 plus AVX512_VNNI: the int8 kernel
   bool amx = false;     // vnni plus AMX-TILE and AMX-INT8, and Linux granted the tile state
@@ -68,7 +69,7 @@ void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8
 
 // y[m, 0:N] for m < M (row stride ldy floats; columns from N on are not touched), N = w.rows,
 // K = w.cols, w.data the panels and w.scale the panel scales. Picks VNNI for small M, AMX for large
-// M, scalar code without VNNI.
+// M, AVX2 without VNNI, scalar code without AVX2.
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy);
 
@@ -82,9 +83,9 @@ void LinearInt8Scalar(const WeightView& w, const int8_t* xq, const float* xs, co
                       float* y, int64_t ldy);
 void LinearF32Scalar(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy);
 
-// LinearInt8 on a chosen path (tests, benchmarks). kVnni needs Support::vnni, kAmx Support::amx and
-// M >= 16; otherwise the call falls back as LinearInt8 would.
-enum class Int8Path { kAuto, kScalar, kVnni, kAmx };
+// LinearInt8 on a chosen path (the CPU backend, tests, benchmarks). kAvx2 needs Support::avx2, kVnni
+// Support::vnni, kAmx Support::amx and M >= 16; otherwise the call falls back as LinearInt8 would.
+enum class Int8Path { kAuto, kScalar, kAvx2, kVnni, kAmx };
 void LinearInt8On(Int8Path path, const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum,
                   int64_t M, float* y, int64_t ldy);
 
@@ -103,6 +104,11 @@ struct Int8Args {
 };
 Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
                       int64_t ldy);
+// Runs range(a, M, p0, p1) on contiguous panel ranges [p0, p1), one per OpenMP thread, so that each
+// thread streams its own share of the weights exactly once; on the calling thread alone below 64 KiB
+// of weights (waking the team would cost more). For the VNNI and AVX2 kernels.
+using PanelRangeFn = void (*)(const Int8Args& a, int64_t M, int64_t p0, int64_t p1);
+void SplitPanels(const Int8Args& a, int64_t M, PanelRangeFn range);
 
 // The SIMD kernels, each in a file built with its own -m flags; call only when DetectSupport() has
 // said yes (LinearInt8 / LinearF32 / QuantizeActivations do that). K >= 1 and M >= 1; the AMX
@@ -111,6 +117,10 @@ namespace avx512 {
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum);
 void LinearF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy);
 }  // namespace avx512
+namespace avx2 {
+void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
+                int64_t ldy);
+}  // namespace avx2
 namespace vnni {
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy);

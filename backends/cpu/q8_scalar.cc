@@ -1,8 +1,10 @@
 // Q8_PANEL kernels: CPU detection, scratch sizing, the portable kernels and the dispatch to the SIMD
-// files (q8_avx512.cc, q8_vnni.cc, q8_amx.cc).
+// files (q8_avx2.cc, q8_avx512.cc, q8_vnni.cc, q8_amx.cc).
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,6 +29,7 @@ bool RequestAmxPermission() {
 Support Detect() {
   Support s;
   __builtin_cpu_init();
+  s.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   s.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
   s.vnni = s.avx512 && __builtin_cpu_supports("avx512vnni");
@@ -88,6 +91,15 @@ Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, co
   a.y = y;
   a.ldy = ldy;
   return a;
+}
+
+void SplitPanels(const Int8Args& a, int64_t M, PanelRangeFn range) {
+  const int64_t P = (a.N + kPanelRows - 1) / kPanelRows;
+#pragma omp parallel if (P * a.panel_bytes >= kMinParallelBytes)
+  {
+    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
+    range(a, M, P * id / T, P * (id + 1) / T);
+  }
 }
 
 void QuantizeActivationsScalar(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs,
@@ -171,10 +183,12 @@ void LinearInt8On(Int8Path path, const WeightView& w, const int8_t* xq, const fl
   // AMX already wins at its minimum of one full A tile (16 rows: ~1.9x VNNI on Sapphire Rapids).
   if (path == Int8Path::kAuto) path = M >= amx::kMinRows ? Int8Path::kAmx : Int8Path::kVnni;
   if (path == Int8Path::kAmx && (!s.amx || M < amx::kMinRows)) path = Int8Path::kVnni;
-  if (path == Int8Path::kVnni && !s.vnni) path = Int8Path::kScalar;
+  if (path == Int8Path::kVnni && !s.vnni) path = Int8Path::kAvx2;
+  if (path == Int8Path::kAvx2 && !s.avx2) path = Int8Path::kScalar;
   switch (path) {
     case Int8Path::kAmx: amx::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
     case Int8Path::kVnni: vnni::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
+    case Int8Path::kAvx2: avx2::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
     default: LinearInt8Scalar(w, xq, xs, xsum, M, y, ldy); break;
   }
 }

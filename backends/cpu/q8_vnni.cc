@@ -23,8 +23,6 @@ constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
 // over 4 KiB to L1 only and ~15% over no software prefetch.
 constexpr int64_t kPrefetchL1Bytes = 2048;
 constexpr int64_t kPrefetchL2Bytes = 32768;
-// Below this many weight bytes, waking the OpenMP team costs more than it saves.
-constexpr int64_t kMinParallelBytes = int64_t{1} << 16;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline __mmask16 TailMask16(int64_t n) {
@@ -113,14 +111,7 @@ void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
 
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy) {
-  const Args a = MakeInt8Args(w, xq, xs, xsum, y, ldy);
-  const int64_t P = CeilDiv(a.N, kPanelRows);
-#pragma omp parallel if (P * a.panel_bytes >= kMinParallelBytes)
-  {
-    // Contiguous panel ranges: each thread streams its own share of the weights exactly once.
-    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
-    Range(a, M, P * id / T, P * (id + 1) / T);
-  }
+  SplitPanels(MakeInt8Args(w, xq, xs, xsum, y, ldy), M, Range);
 }
 
 }  // namespace moerun::cpu::q8::vnni

@@ -638,9 +638,13 @@ TEST(CppWrapperLog, CallbackReceivesMessages) {
   std::memcpy(shifted.data() + 1, bytes.data(), bytes.size());
   auto load_misaligned = [&] { (void)moerun::Model::load_from_memory(shifted.data() + 1, bytes.size()); };
   load_misaligned();
-  ASSERT_FALSE(seen.empty());
-  EXPECT_EQ(seen.back().first, MOERUN_LOG_INFO);
-  EXPECT_NE(seen.back().second.find("aligned"), std::string::npos) << seen.back().second;
+  // The copy of the misaligned buffer is reported at info level (other messages may come too: the
+  // backend's view of the CPU, on one without AVX-512).
+  const auto copied = std::find_if(seen.begin(), seen.end(), [](const auto& m) {
+    return m.second.find("aligned") != std::string::npos;
+  });
+  ASSERT_NE(copied, seen.end()) << seen.size() << " messages, none about alignment";
+  EXPECT_EQ(copied->first, MOERUN_LOG_INFO);
 
   // min_level filters: the info message no longer arrives.
   seen.clear();

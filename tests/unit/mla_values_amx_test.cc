@@ -204,7 +204,8 @@ TEST(MlaValuesAmx, TokenWithoutKeysGivesZeros) {
 }
 
 // Which path each precision takes: bf16 gives exactly what the AMX kernel gives where there is
-// AMX-BF16 (and is then measurably off the exact result), f32 always the exact path.
+// AMX-BF16 (and is then measurably off the exact result), the exact result on AVX-512 without it, and
+// the rounded result of the scalar kernel without AVX-512; f32 always the exact path.
 TEST(MlaValuesAmx, PrecisionChoosesPath) {
   const bool amx = HaveAmxBf16();
   std::mt19937 rng(35);
@@ -226,13 +227,19 @@ TEST(MlaValuesAmx, PrecisionChoosesPath) {
     cpu::mla::amx::AttendValues(a, true);
     EXPECT_EQ(std::memcmp(direct.data(), bf16.data(), bf16.size() * sizeof(float)), 0) << "bf16 took another path";
     EXPECT_GT(bf16_err, 1e-4) << "bf16 as exact as f32: not the AMX path";
-  } else {
+  } else if (detected.avx512) {
     EXPECT_EQ(std::memcmp(f32.data(), bf16.data(), f32.size() * sizeof(float)), 0) << "no AMX-BF16: bf16 is f32";
+  } else {
+    EXPECT_GT(bf16_err, 1e-4) << "no AVX-512: bf16 as exact as f32, not the rounding scalar kernel";
   }
-  // Without AVX-512 (the scalar kernels) bf16 never reaches the AMX kernel either.
+  // Without AVX-512 (the scalar kernels) bf16 never reaches the AMX kernel: the scalar kernel rounds
+  // the same inputs as the model of the AMX kernel (whose blocks of kKeyBlock keys are one block here:
+  // every token sees fewer keys), and f32 stays exact.
   cpu::CpuFeatures scalar = detected;
   scalar.avx512 = false;
-  EXPECT_LT(CheckAgainstModel(c, RunValues(cpu::CpuBackend(Precision::kBF16, scalar), c), false, 1e-5, "scalar bf16"),
+  static_assert(cpu::mla::amx::kKeyBlock >= 50, "the case's tokens see up to 50 keys");
+  CheckAgainstModel(c, RunValues(cpu::CpuBackend(Precision::kBF16, scalar), c), true, 1e-5, "scalar bf16");
+  EXPECT_LT(CheckAgainstModel(c, RunValues(cpu::CpuBackend(Precision::kF32, scalar), c), false, 1e-5, "scalar f32"),
             1e-5);
 }
 

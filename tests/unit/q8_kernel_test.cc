@@ -103,6 +103,7 @@ struct Output {
 std::vector<Int8Path> AvailablePaths() {
   const Support s = DetectSupport();
   std::vector<Int8Path> paths = {Int8Path::kScalar, Int8Path::kAuto};
+  if (s.avx2) paths.push_back(Int8Path::kAvx2);
   if (s.vnni) paths.push_back(Int8Path::kVnni);
   if (s.amx) paths.push_back(Int8Path::kAmx);
   return paths;
@@ -111,6 +112,7 @@ std::vector<Int8Path> AvailablePaths() {
 const char* PathName(Int8Path p) {
   switch (p) {
     case Int8Path::kScalar: return "scalar";
+    case Int8Path::kAvx2: return "avx2";
     case Int8Path::kVnni: return "vnni";
     case Int8Path::kAmx: return "amx";
     default: return "auto";
@@ -119,7 +121,7 @@ const char* PathName(Int8Path p) {
 
 TEST(Q8Kernels, ReportsSupport) {
   const Support s = DetectSupport();
-  std::printf("q8 kernels: avx512 %d, vnni %d, amx %d\n", s.avx512, s.vnni, s.amx);
+  std::printf("q8 kernels: avx2 %d, avx512 %d, vnni %d, amx %d\n", s.avx2, s.avx512, s.vnni, s.amx);
   EXPECT_TRUE(!s.vnni || s.avx512);
   EXPECT_TRUE(!s.amx || s.vnni);
 }
