@@ -301,7 +301,7 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
 }
 
 // Which kernel the latent path runs.
-enum class Kernel { kScalar, kScalarBf16, kAvx512, kAmxBf16 };
+enum class Kernel { kScalar, kScalarBf16, kAvx2, kAvx2Bf16, kAvx512, kAmxBf16 };
 
 // Keys [j0, j1) of token t, all heads. False when scratch could not be allocated (logged).
 bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Kernel kernel, const Partial& p) {
@@ -313,6 +313,8 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Ke
     return true;
   }
   if (kernel == Kernel::kAmxBf16) return mla::amx::AttendLatent(a, t, j0, j1, p);
+  if (kernel == Kernel::kAvx2 || kernel == Kernel::kAvx2Bf16)
+    return mla::avx2::AttendLatent(a, t, j0, j1, kernel == Kernel::kAvx2Bf16, p);
   const bool avx = kernel == Kernel::kAvx512;
   thread_local Scratch sc;
   try {
@@ -429,10 +431,13 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
                        : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
                                              std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
   // bf16 precision rounds the attention's matmul inputs (AMX tile products) where there is AMX-BF16.
-  // Without AVX-512 the scalar kernel rounds like them (kScalarBf16); the AVX-512 kernel stays exact.
-  const Kernel kernel = !features_.avx512 ? (precision_ == Precision::kBF16 ? Kernel::kScalarBf16 : Kernel::kScalar)
-                        : AmxAttention()  ? Kernel::kAmxBf16
-                                          : Kernel::kAvx512;
+  // Without AVX-512 the AVX2 and scalar kernels round like them (kAvx2Bf16, kScalarBf16); the AVX-512
+  // kernel stays exact.
+  const bool bf16 = precision_ == Precision::kBF16;
+  const Kernel kernel = AmxAttention()      ? Kernel::kAmxBf16
+                        : features_.avx512  ? Kernel::kAvx512
+                        : features_.avx2    ? (bf16 ? Kernel::kAvx2Bf16 : Kernel::kAvx2)
+                                            : (bf16 ? Kernel::kScalarBf16 : Kernel::kScalar);
   // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
   // thrown: reported as std::bad_alloc after them (the session turns it into out of memory).
   std::vector<uint8_t> failed(static_cast<size_t>(T), 0);

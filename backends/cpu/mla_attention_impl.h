@@ -111,6 +111,15 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool round, bool parallel
 // the probabilities rounded to bf16, f32 accumulation and softmax, the running maximum updated per
 // block of kKeyBlock keys (the probabilities are rounded relative to it). Call only when
 // q8::DetectSupport().amx_bf16. Throws std::bad_alloc like AttendValues.
+namespace avx2 {
+// The latent path on AVX2 + FMA (mla_latent_avx2.cc), for CPUs without AVX-512: keys [j0, j1) of
+// token t, all heads, into p (not normalised). round (bf16 precision): queries, key rows and the
+// probabilities rounded to bf16 exactly as amx::AttendLatent rounds them (blocks of kLatentKeyBlock
+// keys from j0); without round the exact softmax in f32.
+// False when scratch could not be allocated (logged). Call only when q8::DetectSupport().avx2.
+bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p);
+}  // namespace avx2
+
 namespace amx {
 inline constexpr int64_t kKeyBlock = 64;
 void AttendValues(const MlaAttentionArgs& a, bool parallel);

@@ -22,6 +22,7 @@
 
 #include "backends/cpu/cpu_backend_impl.h"
 #include "backends/cpu/mla_attention_impl.h"
+#include "backends/cpu/q8_kernels.h"
 #include "tests/unit/mla_test_util.h"
 #include "tests/unit/numeric_test_util.h"
 
@@ -56,8 +57,10 @@ struct Expected {
 // exp(m_b − m_last). The kernel's f32 scores differ from double by ~1e-6 in the exponent, which can
 // round a probability within that distance of a bf16 midpoint the other way: such keys add their
 // possible effect to the slacks.
-Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1) {
+// Without rounding (the f32 kernels): exact inputs and probabilities, no slack.
+Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1, bool rounded = true) {
   const int64_t R = c.R, P = c.P, n = j1 - j0;
+  auto Bf16 = [rounded](float v) { return rounded ? test::Bf16(v) : static_cast<double>(v); };
   const LatentCacheView view{c.pool.data(), c.page_size, R, P};
   const float* ql = c.q_latent.data() + (t * c.H + h) * R;
   const float* qr = c.q_rope.data() + (t * c.H + h) * P;
@@ -77,10 +80,11 @@ Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1
     for (int64_t j = b0; j < b1; ++j) {
       const double p = std::exp(s[j] - e.max);
       m_of[j] = e.max;
-      w[j] = Bf16(static_cast<float>(p));
+      w[j] = rounded ? Bf16(static_cast<float>(p)) : p;
       float lo, hi;
       Bf16Neighbours(static_cast<float>(p), &lo, &hi);
-      wide[j] = std::fabs(p - 0.5 * (static_cast<double>(lo) + hi)) <= 5e-5 * p ? static_cast<double>(hi) - lo : 0.0;
+      wide[j] = rounded && std::fabs(p - 0.5 * (static_cast<double>(lo) + hi)) <= 5e-5 * p ? static_cast<double>(hi) - lo
+                                                                                            : 0.0;
     }
   }
   e.out.assign(R, 0.0);
@@ -110,17 +114,20 @@ Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1
 // relative), the sum and the normalised output (1e-5 relative plus the midpoint slack). Observed
 // (normalised output): at most 1.7e-7 relative where no probability lies near a midpoint, 8.7e-5
 // within the slack where one does.
-void CheckSpan(const ValuesCase& c, int64_t t, int64_t j0, int64_t j1, const std::string& what) {
+// kernel(a, t, j0, j1, partial) runs the span; rounded: bf16 precision's model, else the exact one.
+using SpanKernel = bool (*)(const MlaAttentionArgs&, int64_t, int64_t, int64_t, const cpu::mla::Partial&);
+void CheckSpanOf(SpanKernel kernel, bool rounded, const ValuesCase& c, int64_t t, int64_t j0, int64_t j1,
+                 const std::string& what) {
   const int64_t H = c.H, R = c.R;
   std::vector<float> out(H * R + 16, test::kSentinel), mx(H + 16, test::kSentinel), sum(H + 16, test::kSentinel);
   MlaAttentionArgs a = c.Args();
-  ASSERT_TRUE(cpu::mla::amx::AttendLatent(a, t, j0, j1, cpu::mla::Partial{out.data(), mx.data(), sum.data()}));
+  ASSERT_TRUE(kernel(a, t, j0, j1, cpu::mla::Partial{out.data(), mx.data(), sum.data()}));
   for (size_t i = H * R; i < out.size(); ++i) ASSERT_EQ(out[i], test::kSentinel) << what << ": wrote past out";
   for (size_t i = H; i < mx.size(); ++i) ASSERT_EQ(mx[i], test::kSentinel) << what << ": wrote past max";
   for (size_t i = H; i < sum.size(); ++i) ASSERT_EQ(sum[i], test::kSentinel) << what << ": wrote past sum";
   double worst = 0.0;
   for (int64_t h = 0; h < H; ++h) {
-    const Expected e = Model(c, t, h, j0, j1);
+    const Expected e = Model(c, t, h, j0, j1, rounded);
     EXPECT_NEAR(mx[h], e.max, 1e-5 * std::max(1.0, std::fabs(e.max))) << what << ", head " << h;
     EXPECT_NEAR(sum[h], e.sum, 1e-5 * e.sum + e.sum_slack) << what << ", head " << h;
     double d2 = 0.0, r2 = 0.0;
@@ -137,8 +144,16 @@ void CheckSpan(const ValuesCase& c, int64_t t, int64_t j0, int64_t j1, const std
               static_cast<long long>(j1), static_cast<long long>(H), worst);
 }
 
-TEST(MlaLatentAmx, SpansMatchRoundingModel) {
-  if (!HaveAmxBf16()) return;
+bool AmxSpan(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const cpu::mla::Partial& p) {
+  return cpu::mla::amx::AttendLatent(a, t, j0, j1, p);
+}
+void CheckSpan(const ValuesCase& c, int64_t t, int64_t j0, int64_t j1, const std::string& what) {
+  CheckSpanOf(AmxSpan, true, c, t, j0, j1, what);
+}
+
+// The span cases of every latent kernel, run by check(c, t, j0, j1, what).
+template <typename Check>
+void SpanCases(Check&& CheckSpan) {
   std::mt19937 rng(41);
   // V2-Lite shapes: 16 heads, rows of 512 + 64. A whole sequence, then spans that start and end
   // inside pages and blocks (the blocks count from the span's start).
@@ -154,17 +169,33 @@ TEST(MlaLatentAmx, SpansMatchRoundingModel) {
   CheckSpan(MakeCase(20, 96, 0, 16, {200}, {0}, false, rng), 0, 0, 201, "20 heads, no rope");
   // 128 heads (V3's count): eight groups sharing every key tile.
   CheckSpan(MakeCase(128, 64, 16, 64, {140}, {0}, false, rng), 0, 11, 141, "128 heads");
-}
-
-TEST(MlaLatentAmx, RunningMaximumAcrossBlocks) {
-  if (!HaveAmxBf16()) return;
-  std::mt19937 rng(42);
   // Rows that grow along the keys: a later block holds every head's maximum, so O and the sums are
   // rescaled at each block.
   ValuesCase c = MakeCase(16, 128, 32, 64, {600}, {0}, false, rng);
   const int64_t W = c.R + c.P;
   for (size_t i = 0; i < c.pool.size(); ++i) c.pool[i] *= 1.0f + 0.004f * static_cast<float>(i / W);
   CheckSpan(c, 0, 0, 601, "growing scores");
+}
+
+TEST(MlaLatentAmx, SpansMatchRoundingModel) {
+  if (!HaveAmxBf16()) return;
+  SpanCases(CheckSpan);
+}
+
+// The AVX2 kernel (CPUs without AVX-512) on the same spans: at bf16 precision against the same
+// rounding model (it rounds in the same blocks), at f32 against the exact softmax.
+bool Avx2Rounded(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const cpu::mla::Partial& p) {
+  return cpu::mla::avx2::AttendLatent(a, t, j0, j1, true, p);
+}
+bool Avx2Exact(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const cpu::mla::Partial& p) {
+  return cpu::mla::avx2::AttendLatent(a, t, j0, j1, false, p);
+}
+TEST(MlaLatentAvx2, SpansMatchModel) {
+  if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
+  SpanCases([](const ValuesCase& c, int64_t t, int64_t j0, int64_t j1, const std::string& what) {
+    CheckSpanOf(Avx2Rounded, true, c, t, j0, j1, "avx2 bf16, " + what);
+    CheckSpanOf(Avx2Exact, false, c, t, j0, j1, "avx2 f32, " + what);
+  });
 }
 
 // One token alone through AttendLatent over all its keys, normalised as the backend does: [H, R].

@@ -1,0 +1,241 @@
+// The latent path of MLA attention on AVX2 + FMA, for CPUs without AVX-512 (decode and short
+// chunks): keys [j0, j1) of one token, all heads, into a Partial (not yet normalised).
+//
+// Same plan as the AVX-512 kernel of mla_attention.cc with 8 lanes: keys in blocks of 128 rows (295
+// KiB at kv_rank 512, L2-resident while every head group uses them; the AMX latent kernel's blocks,
+// so both round the probabilities relative to the same running max); scores with the queries stored
+// transposed per group of 8 heads, so each key element is broadcast into one FMA for 8 heads and no
+// horizontal sums are needed; an online softmax per block; then the probability-weighted rows for 4
+// heads × 16 latents per register tile. At bf16 precision (round) the inputs are rounded to bf16 as
+// the AMX kernels and the reference backend round them: queries, the block's rows (once, into
+// scratch) and each probability, relative to the running max of its block.
+//
+// Compiled for the baseline ISA with the kernels marked target("avx2,fma") (see q8_avx2.cc); call
+// only when q8::DetectSupport().avx2.
+#include "backends/cpu/mla_attention_impl.h"  // first: it includes simd_avx512.h
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace moerun::cpu::mla::avx2 {
+namespace {
+
+constexpr int64_t kBlock = amx::kLatentKeyBlock;  // keys per block
+
+#define MOERUN_AVX2 __attribute__((target("avx2,fma")))
+
+// Lanes [0, n) set, for masked loads and stores of a row's tail.
+MOERUN_AVX2 inline __m256i TailMask8(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 8 ? n : 8)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// RoundBf16 on 8 lanes: the same bits.
+MOERUN_AVX2 inline __m256 RoundBf16x8(__m256 x) {
+  const __m256i b = _mm256_castps_si256(x), top = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), top);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i quiet = _mm256_and_si256(_mm256_or_si256(b, _mm256_set1_epi32(0x00400000)), top);
+  return _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet, nan));
+}
+
+// e^x on 8 lanes for x <= 0 (a score less a running max; -inf gives 0), within ~2 ulp of std::exp
+// down to -87.3; below that (under f32's normal range, 1e-38 of the max) it gives 0. NaN stays NaN.
+MOERUN_AVX2 inline __m256 Exp8(__m256 x) {
+  const __m256 below = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // x - n·ln2 in two steps
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(kExpTaylor[0]);  // as ExpAvx512
+#pragma GCC unroll 8
+  for (int i = 1; i < 8; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[i]));
+  // 2^n for n in [-126, 127]: the exponent field directly.
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(below, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+struct Scratch {
+  std::vector<float> qt;           // [groups, W, 8]: queries transposed per group of 8 heads
+  std::vector<float> block;        // [kBlock, W]: the block's rows rounded to bf16 (round only)
+  std::vector<float> st;           // [kBlock, groups * 8]: scores, then probabilities
+  std::vector<float> max, sum;     // [groups * 8]
+  std::vector<const float*> rows;  // [kBlock]
+};
+
+// st[j][g..g+NG) for NK keys: NG groups of 8 heads against keys rows[0..NK), all W columns.
+template <int NG, int NK>
+MOERUN_AVX2 void Scores(const float* qt, int64_t W, const float* const* rows, float scale, float* st, int64_t ldst) {
+  __m256 acc[NG][NK];
+#pragma GCC unroll 2
+  for (int g = 0; g < NG; ++g)
+#pragma GCC unroll 4
+    for (int k = 0; k < NK; ++k) acc[g][k] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < W; ++c) {
+    __m256 q[NG];
+#pragma GCC unroll 2
+    for (int g = 0; g < NG; ++g) q[g] = _mm256_loadu_ps(qt + (g * W + c) * 8);
+#pragma GCC unroll 4
+    for (int k = 0; k < NK; ++k) {
+      const __m256 key = _mm256_broadcast_ss(rows[k] + c);
+#pragma GCC unroll 2
+      for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q[g], key, acc[g][k]);
+    }
+  }
+  const __m256 s = _mm256_set1_ps(scale);
+#pragma GCC unroll 2
+  for (int g = 0; g < NG; ++g)
+#pragma GCC unroll 4
+    for (int k = 0; k < NK; ++k) _mm256_storeu_ps(st + k * ldst + g * 8, _mm256_mul_ps(s, acc[g][k]));
+}
+
+template <int NG>
+MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const float* const* rows, int64_t nb, float scale, float* st,
+                            int64_t ldst) {
+  int64_t j = 0;
+  for (; j + 4 <= nb; j += 4) Scores<NG, 4>(qt, W, rows + j, scale, st + j * ldst, ldst);
+  for (; j < nb; ++j) Scores<NG, 1>(qt, W, rows + j, scale, st + j * ldst, ldst);
+}
+
+// out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= 4), lanes past R masked.
+template <int NH>
+MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* rows, int64_t nb, int64_t i0,
+                            int64_t R, float* out) {
+  const __m256i m0 = TailMask8(R - i0), m1 = TailMask8(R - i0 - 8);
+  __m256 acc[NH][2];
+#pragma GCC unroll 4
+  for (int h = 0; h < NH; ++h) {
+    acc[h][0] = _mm256_maskload_ps(out + h * R + i0, m0);
+    acc[h][1] = _mm256_maskload_ps(out + h * R + i0 + 8, m1);
+  }
+  for (int64_t j = 0; j < nb; ++j) {
+    const __m256 r0 = _mm256_maskload_ps(rows[j] + i0, m0), r1 = _mm256_maskload_ps(rows[j] + i0 + 8, m1);
+#pragma GCC unroll 4
+    for (int h = 0; h < NH; ++h) {
+      const __m256 e = _mm256_broadcast_ss(st + j * ldst + h);
+      acc[h][0] = _mm256_fmadd_ps(e, r0, acc[h][0]);
+      acc[h][1] = _mm256_fmadd_ps(e, r1, acc[h][1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < NH; ++h) {
+    _mm256_maskstore_ps(out + h * R + i0, m0, acc[h][0]);
+    _mm256_maskstore_ps(out + h * R + i0 + 8, m1, acc[h][1]);
+  }
+}
+
+template <bool kRound>
+MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t n, const Partial& p) {
+  const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim, W = R + P, H = a.n_heads;
+  const int64_t groups = (H + 7) / 8, ldst = groups * 8;
+  // Queries transposed per group of 8 heads, zero past the last head.
+  std::fill(sc.qt.begin(), sc.qt.end(), 0.0f);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t c = 0; c < W; ++c) {
+      const float v = c < R ? a.q_latent[(t * H + h) * R + c] : a.q_rope[(t * H + h) * P + (c - R)];
+      sc.qt[((h / 8) * W + c) * 8 + h % 8] = kRound ? RoundBf16(v) : v;
+    }
+  std::fill(p.out, p.out + H * R, 0.0f);
+  std::fill(sc.max.begin(), sc.max.end(), -INFINITY);
+  std::fill(sc.sum.begin(), sc.sum.end(), 0.0f);
+  const int32_t* pages = a.token_pages[t];
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const int64_t nb = std::min(kBlock, n - b0);
+    for (int64_t j = 0; j < nb; ++j) {
+      const float* row = a.cache.Row(pages, j0 + b0 + j);
+      if (!kRound) {
+        sc.rows[j] = row;
+        continue;
+      }
+      float* dst = sc.block.data() + j * W;
+      for (int64_t c = 0; c < W; c += 8) {
+        const __m256i m = TailMask8(W - c);
+        _mm256_maskstore_ps(dst + c, m, RoundBf16x8(_mm256_maskload_ps(row + c, m)));
+      }
+      sc.rows[j] = dst;
+    }
+    float* st = sc.st.data();
+    int64_t g = 0;
+    for (; g + 2 <= groups; g += 2) ScoreBlock<2>(sc.qt.data() + g * W * 8, W, sc.rows.data(), nb, a.scale, st + g * 8, ldst);
+    if (g < groups) ScoreBlock<1>(sc.qt.data() + g * W * 8, W, sc.rows.data(), nb, a.scale, st + g * 8, ldst);
+    // Online softmax per group of 8 heads: the running max, rescaling what was accumulated when it
+    // grows, then the probabilities (rounded relative to the new max at bf16 precision).
+    for (g = 0; g < groups; ++g) {
+      __m256 bmax = _mm256_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < nb; ++j) bmax = _mm256_max_ps(bmax, _mm256_loadu_ps(st + j * ldst + g * 8));
+      const __m256 old_max = _mm256_loadu_ps(sc.max.data() + g * 8), new_max = _mm256_max_ps(old_max, bmax);
+      __m256 sum = _mm256_loadu_ps(sc.sum.data() + g * 8);
+      const int grew = _mm256_movemask_ps(_mm256_cmp_ps(new_max, old_max, _CMP_GT_OQ));
+      if (b0 > 0 && grew) {
+        alignas(32) float alpha[8];
+        const __m256 al = Exp8(_mm256_sub_ps(old_max, new_max));
+        _mm256_store_ps(alpha, al);
+        sum = _mm256_mul_ps(sum, al);
+        for (int64_t h = g * 8; h < std::min(H, g * 8 + 8); ++h) {
+          if (!((grew >> (h - g * 8)) & 1)) continue;
+          const __m256 f = _mm256_set1_ps(alpha[h - g * 8]);
+          float* o = p.out + h * R;
+          for (int64_t i = 0; i < R; i += 8) {
+            const __m256i m = TailMask8(R - i);
+            _mm256_maskstore_ps(o + i, m, _mm256_mul_ps(f, _mm256_maskload_ps(o + i, m)));
+          }
+        }
+      }
+      for (int64_t j = 0; j < nb; ++j) {
+        __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(st + j * ldst + g * 8), new_max));
+        if (kRound) e = RoundBf16x8(e);
+        _mm256_storeu_ps(st + j * ldst + g * 8, e);
+        sum = _mm256_add_ps(sum, e);
+      }
+      _mm256_storeu_ps(sc.max.data() + g * 8, new_max);
+      _mm256_storeu_ps(sc.sum.data() + g * 8, sum);
+    }
+    // Latent slices outer, so that a slice of the block's rows stays in L1 across the heads.
+    for (int64_t i0 = 0; i0 < R; i0 += 16)
+      for (int64_t h = 0; h < H; h += 4) {
+        switch (std::min<int64_t>(4, H - h)) {
+          case 1: Accumulate<1>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+          case 2: Accumulate<2>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+          case 3: Accumulate<3>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+          default: Accumulate<4>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+        }
+      }
+  }
+  std::copy(sc.max.begin(), sc.max.begin() + H, p.max);
+  std::copy(sc.sum.begin(), sc.sum.begin() + H, p.sum);
+}
+
+#undef MOERUN_AVX2
+
+}  // namespace
+
+bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p) {
+  const int64_t R = a.cache.kv_rank, W = R + a.cache.rope_dim, H = a.n_heads, n = j1 - j0;
+  const int64_t groups = (H + 7) / 8;
+  thread_local Scratch sc;
+  try {
+    sc.qt.resize(static_cast<size_t>(groups * W * 8));
+    if (round) sc.block.resize(static_cast<size_t>(kBlock * W));
+    sc.st.resize(static_cast<size_t>(kBlock * groups * 8));
+    sc.max.resize(static_cast<size_t>(groups * 8));
+    sc.sum.resize(static_cast<size_t>(groups * 8));
+    sc.rows.resize(static_cast<size_t>(kBlock));
+  } catch (const std::exception&) {
+    LogScratchFailure("cpu backend: MlaAttention", n);
+    return false;
+  }
+  if (round) {
+    Attend<true>(sc, a, t, j0, n, p);
+  } else {
+    Attend<false>(sc, a, t, j0, n, p);
+  }
+  return true;
+}
+
+}  // namespace moerun::cpu::mla::avx2
