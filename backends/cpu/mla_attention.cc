@@ -416,11 +416,11 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   if (a.values) {
     // bf16 precision rounds the attention's matmul inputs too: AMX tile products where there are
-    // some, rounded inputs in the scalar kernel; the AVX-512 kernel and f32 keep the exact path.
+    // some, rounded inputs in the AVX2 and scalar kernels; the AVX-512 kernel and f32 stay exact.
     if (AmxAttention()) {
       mla::amx::AttendValues(a, parallel);
     } else {
-      mla::AttendValues(a, features_.avx512, precision_ == Precision::kBF16, parallel);
+      mla::AttendValues(a, features_.avx512, features_.avx2, precision_ == Precision::kBF16, parallel);
     }
     return;
   }

@@ -102,22 +102,25 @@ inline float RoundBf16(float x) {
 }
 
 // The values path (MlaAttentionArgs::values): out [T, H, v_dim]. Throws std::bad_alloc when scratch
-// could not be allocated, after its parallel region. round (bf16 precision; the scalar kernel only):
-// queries, keys, values and probabilities rounded to bf16 as the AMX kernels and the reference
-// backend round them.
-void AttendValues(const MlaAttentionArgs& a, bool avx, bool round, bool parallel);
+// could not be allocated, after its parallel region. avx: the AVX-512 tile kernel, else avx2: the
+// AVX2 kernel, else the scalar one. round (bf16 precision; the AVX2 and scalar kernels): queries,
+// keys, values and probabilities rounded to bf16 as the AMX kernels and the reference backend do.
+void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bool parallel);
 
 // The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and
 // the probabilities rounded to bf16, f32 accumulation and softmax, the running maximum updated per
 // block of kKeyBlock keys (the probabilities are rounded relative to it). Call only when
 // q8::DetectSupport().amx_bf16. Throws std::bad_alloc like AttendValues.
 namespace avx2 {
-// The latent path on AVX2 + FMA (mla_latent_avx2.cc), for CPUs without AVX-512: keys [j0, j1) of
+// The latent path on AVX2 + FMA (mla_attention_avx2.cc), for CPUs without AVX-512: keys [j0, j1) of
 // token t, all heads, into p (not normalised). round (bf16 precision): queries, key rows and the
 // probabilities rounded to bf16 exactly as amx::AttendLatent rounds them (blocks of kLatentKeyBlock
 // keys from j0); without round the exact softmax in f32.
 // False when scratch could not be allocated (logged). Call only when q8::DetectSupport().avx2.
 bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p);
+// The values path there: token t alone, all heads, into a.out (normalised). round: as on AMX-BF16
+// (amx::AttendValues: blocks of kKeyBlock keys). False when scratch could not be allocated (logged).
+bool AttendValues(const MlaAttentionArgs& a, int64_t t, bool round);
 }  // namespace avx2
 
 namespace amx {

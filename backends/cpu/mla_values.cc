@@ -365,7 +365,7 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
 // The values path: tiles of consecutive tokens of one sequence (AVX-512) or single tokens, run
 // concurrently, the last tile first (later tokens see more keys). Tiles hold up to kTileTokens
 // tokens, fewer when that leaves less than two tiles per thread.
-void AttendValues(const MlaAttentionArgs& a, bool avx, bool round, bool parallel) {
+void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bool parallel) {
   const int64_t T = a.n_tokens;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   const int64_t most = avx ? std::clamp<int64_t>(T / (2 * threads), 1, kTileTokens) : 1;
@@ -385,6 +385,7 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool round, bool parallel
     bool done = false;
     try {
       done = avx     ? AttendTileValues(a, tile_start[i], tile_start[i + 1] - tile_start[i])
+             : avx2  ? avx2::AttendValues(a, tile_start[i], round)
              : round ? AttendValuesScalar<true>(a, tile_start[i])
                      : AttendValuesScalar<false>(a, tile_start[i]);
     } catch (const std::exception&) {

@@ -153,8 +153,21 @@ void CheckCase(const ValuesCase& c, const std::string& what) {
   std::printf("%s: vs bf16 model %.2e, vs f32 path %.2e\n", what.c_str(), worst, far);
 }
 
-TEST(MlaValuesAmx, FreshPrefill) {
-  if (!HaveAmxBf16()) return;
+// The values kernel for CPUs without AVX-512 (AVX2), through the backend: at bf16 precision
+// against the same rounding model (it rounds in the AMX kernel's blocks), at f32 against the exact
+// softmax.
+void CheckAvx2(const ValuesCase& c, const std::string& what) {
+  cpu::CpuFeatures avx2;
+  avx2.avx2 = true;
+  const double rounded = CheckAgainstModel(c, RunValues(cpu::CpuBackend(Precision::kBF16, avx2), c), true, 1e-5,
+                                           "avx2 bf16, " + what);
+  const double exact = CheckAgainstModel(c, RunValues(cpu::CpuBackend(Precision::kF32, avx2), c), false, 1e-5,
+                                         "avx2 f32, " + what);
+  std::printf("avx2 %s: bf16 vs model %.2e, f32 vs exact %.2e\n", what.c_str(), rounded, exact);
+}
+
+template <typename Check>
+void FreshPrefillCases(Check&& CheckCase) {
   std::mt19937 rng(31);
   // 150 tokens: 9 blocks of 16 and one of 6; keys in blocks of 64, 64 and 22.
   const std::vector<int32_t> order(150, 0);
@@ -162,8 +175,8 @@ TEST(MlaValuesAmx, FreshPrefill) {
   CheckCase(MakeValuesCase(16, 512, 64, 128, 7, {0}, order, true, rng), "V2-Lite shapes, shuffled pages of 7");
 }
 
-TEST(MlaValuesAmx, MixedBatch) {
-  if (!HaveAmxBf16()) return;
+template <typename Check>
+void MixedBatchCases(Check&& CheckCase) {
   std::mt19937 rng(32);
   // Sequence 0 fresh, 1 after 70 cached keys, 2 after 3: interleaved token by token (blocks of one
   // row), then in runs (blocks of up to 16).
@@ -180,8 +193,8 @@ TEST(MlaValuesAmx, MixedBatch) {
   CheckCase(MakeValuesCase(20, 96, 32, 24, 7, {0, 70, 3}, order, true, rng), "mixed, 20 heads, dv 24");
 }
 
-TEST(MlaValuesAmx, LongCachedContext) {
-  if (!HaveAmxBf16()) return;
+template <typename Check>
+void LongContextCases(Check&& CheckCase) {
   std::mt19937 rng(33);
   // 40 new tokens after 300 cached keys: running maxima across six blocks of keys, the last partial.
   CheckCase(MakeValuesCase(16, 512, 64, 128, 64, {300}, std::vector<int32_t>(40, 0), false, rng), "long");
@@ -190,6 +203,22 @@ TEST(MlaValuesAmx, LongCachedContext) {
   const int64_t W = c.R + c.P;
   for (size_t i = 0; i < c.pool.size(); ++i) c.pool[i] *= 1.0f + 0.02f * static_cast<float>(i / W);
   CheckCase(c, "growing scores");
+}
+
+TEST(MlaValuesAmx, FreshPrefill) {
+  if (HaveAmxBf16()) FreshPrefillCases(CheckCase);
+}
+TEST(MlaValuesAmx, MixedBatch) {
+  if (HaveAmxBf16()) MixedBatchCases(CheckCase);
+}
+TEST(MlaValuesAmx, LongCachedContext) {
+  if (HaveAmxBf16()) LongContextCases(CheckCase);
+}
+TEST(MlaValuesAvx2, MatchesModel) {
+  if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
+  FreshPrefillCases(CheckAvx2);
+  MixedBatchCases(CheckAvx2);
+  LongContextCases(CheckAvx2);
 }
 
 TEST(MlaValuesAmx, TokenWithoutKeysGivesZeros) {

@@ -1,14 +1,17 @@
-// The latent path of MLA attention on AVX2 + FMA, for CPUs without AVX-512 (decode and short
-// chunks): keys [j0, j1) of one token, all heads, into a Partial (not yet normalised).
+// MLA attention on AVX2 + FMA, for CPUs without AVX-512: the latent path (decode and short chunks:
+// keys [j0, j1) of one token, all heads, into a Partial, not yet normalised) and the values path
+// (prefill: one token, all heads, against per-head value rows, normalised).
 //
 // Same plan as the AVX-512 kernel of mla_attention.cc with 8 lanes: keys in blocks of 128 rows (295
 // KiB at kv_rank 512, L2-resident while every head group uses them; the AMX latent kernel's blocks,
 // so both round the probabilities relative to the same running max); scores with the queries stored
 // transposed per group of 8 heads, so each key element is broadcast into one FMA for 8 heads and no
 // horizontal sums are needed; an online softmax per block; then the probability-weighted rows for 4
-// heads × 16 latents per register tile. At bf16 precision (round) the inputs are rounded to bf16 as
-// the AMX kernels and the reference backend round them: queries, the block's rows (once, into
-// scratch) and each probability, relative to the running max of its block.
+// heads × 16 latents per register tile (the values path: one head's value rows, 64 wide per tile).
+// At bf16 precision (round) the inputs are rounded to bf16 as the AMX kernels and the reference
+// backend round them: queries, the block's rows (once, into scratch), value rows and each
+// probability, relative to the running max of its block (the AMX kernels' blocks: 128 keys on the
+// latent path, 64 on the values path).
 //
 // Compiled for the baseline ISA with the kernels marked target("avx2,fma") (see q8_avx2.cc); call
 // only when q8::DetectSupport().avx2.
@@ -23,7 +26,9 @@
 namespace moerun::cpu::mla::avx2 {
 namespace {
 
-constexpr int64_t kBlock = amx::kLatentKeyBlock;  // keys per block
+constexpr int64_t kBlock = amx::kLatentKeyBlock;        // keys per block, latent path
+constexpr int64_t kValuesBlock = amx::kKeyBlock;         // and values path
+static_assert(kValuesBlock <= kBlock, "scratch is sized for kBlock keys");
 
 #define MOERUN_AVX2 __attribute__((target("avx2,fma")))
 
@@ -130,10 +135,47 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* r
   }
 }
 
-template <bool kRound>
+// o[i0, i0 + 64) += Σ_j p[j] v_j[i0, i0 + 64) for one head (v_j = v + j·dv), lanes past dv masked;
+// the value rows rounded to bf16 with kRound.
+// kFull: all 64 lanes inside dv (no masks).
+template <bool kRound, bool kFull>
+MOERUN_AVX2 void AccumulateValues(const float* st, int64_t ldst, const float* v, int64_t dv, int64_t nb, int64_t i0,
+                                  float* o) {
+  auto load = [&](const float* x, int k) MOERUN_AVX2 {
+    return kFull ? _mm256_loadu_ps(x + 8 * k) : _mm256_maskload_ps(x + 8 * k, TailMask8(dv - i0 - 8 * k));
+  };
+  __m256 acc[8];
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k) acc[k] = load(o + i0, k);
+  for (int64_t j = 0; j < nb; ++j) {
+    const __m256 e = _mm256_broadcast_ss(st + j * ldst);
+    const float* vj = v + j * dv + i0;
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) {
+      __m256 x = load(vj, k);
+      if (kRound) x = RoundBf16x8(x);
+      acc[k] = _mm256_fmadd_ps(e, x, acc[k]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k) {
+    if (kFull) {
+      _mm256_storeu_ps(o + i0 + 8 * k, acc[k]);
+    } else {
+      _mm256_maskstore_ps(o + i0 + 8 * k, TailMask8(dv - i0 - 8 * k), acc[k]);
+    }
+  }
+}
+
+// kValues: the values path (out = a.out's token t, [H, dv], normalised at the end; blocks of
+// kValuesBlock keys); else the latent path into p (out [H, R], max, sum; blocks of kBlock keys).
+template <bool kRound, bool kValues>
 MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t n, const Partial& p) {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim, W = R + P, H = a.n_heads;
-  const int64_t groups = (H + 7) / 8, ldst = groups * 8;
+  const int64_t groups = (H + 7) / 8, ldst = groups * 8, block = kValues ? kValuesBlock : kBlock;
+  // Output rows: the latents, or the values.
+  const int64_t dout = kValues ? a.v_dim : R;
+  float* const out = kValues ? a.out + t * H * dout : p.out;
   // Queries transposed per group of 8 heads, zero past the last head.
   std::fill(sc.qt.begin(), sc.qt.end(), 0.0f);
   for (int64_t h = 0; h < H; ++h)
@@ -141,12 +183,12 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
       const float v = c < R ? a.q_latent[(t * H + h) * R + c] : a.q_rope[(t * H + h) * P + (c - R)];
       sc.qt[((h / 8) * W + c) * 8 + h % 8] = kRound ? RoundBf16(v) : v;
     }
-  std::fill(p.out, p.out + H * R, 0.0f);
+  std::fill(out, out + H * dout, 0.0f);
   std::fill(sc.max.begin(), sc.max.end(), -INFINITY);
   std::fill(sc.sum.begin(), sc.sum.end(), 0.0f);
   const int32_t* pages = a.token_pages[t];
-  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-    const int64_t nb = std::min(kBlock, n - b0);
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int64_t nb = std::min(block, n - b0);
     for (int64_t j = 0; j < nb; ++j) {
       const float* row = a.cache.Row(pages, j0 + b0 + j);
       if (!kRound) {
@@ -180,9 +222,9 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
         for (int64_t h = g * 8; h < std::min(H, g * 8 + 8); ++h) {
           if (!((grew >> (h - g * 8)) & 1)) continue;
           const __m256 f = _mm256_set1_ps(alpha[h - g * 8]);
-          float* o = p.out + h * R;
-          for (int64_t i = 0; i < R; i += 8) {
-            const __m256i m = TailMask8(R - i);
+          float* o = out + h * dout;
+          for (int64_t i = 0; i < dout; i += 8) {
+            const __m256i m = TailMask8(dout - i);
             _mm256_maskstore_ps(o + i, m, _mm256_mul_ps(f, _mm256_maskload_ps(o + i, m)));
           }
         }
@@ -196,6 +238,13 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
       _mm256_storeu_ps(sc.max.data() + g * 8, new_max);
       _mm256_storeu_ps(sc.sum.data() + g * 8, sum);
     }
+    if (kValues) {  // per head: its value rows of the block
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i0 = 0; i0 < dout; i0 += 64)
+          (i0 + 64 <= dout ? AccumulateValues<kRound, true> : AccumulateValues<kRound, false>)(
+              st + h, ldst, a.values[t] + h * a.v_head_stride + (j0 + b0) * dout, dout, nb, i0, out + h * dout);
+      continue;
+    }
     // Latent slices outer, so that a slice of the block's rows stays in L1 across the heads.
     for (int64_t i0 = 0; i0 < R; i0 += 16)
       for (int64_t h = 0; h < H; h += 4) {
@@ -207,6 +256,16 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
         }
       }
   }
+  if (kValues) {
+    for (int64_t h = 0; h < H; ++h) {
+      const __m256 inv = _mm256_set1_ps(1.0f / sc.sum[h]);  // n > 0 keys: sum > 0
+      for (int64_t i = 0; i < dout; i += 8) {
+        const __m256i m = TailMask8(dout - i);
+        _mm256_maskstore_ps(out + h * dout + i, m, _mm256_mul_ps(inv, _mm256_maskload_ps(out + h * dout + i, m)));
+      }
+    }
+    return;
+  }
   std::copy(sc.max.begin(), sc.max.begin() + H, p.max);
   std::copy(sc.sum.begin(), sc.sum.begin() + H, p.sum);
 }
@@ -215,10 +274,11 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
 
 }  // namespace
 
-bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p) {
-  const int64_t R = a.cache.kv_rank, W = R + a.cache.rope_dim, H = a.n_heads, n = j1 - j0;
+namespace {
+
+// Scratch for H heads and rows of W; false (logged) when it could not be allocated.
+bool Prepare(Scratch& sc, int64_t H, int64_t W, bool round, int64_t n) {
   const int64_t groups = (H + 7) / 8;
-  thread_local Scratch sc;
   try {
     sc.qt.resize(static_cast<size_t>(groups * W * 8));
     if (round) sc.block.resize(static_cast<size_t>(kBlock * W));
@@ -230,11 +290,27 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
     LogScratchFailure("cpu backend: MlaAttention", n);
     return false;
   }
-  if (round) {
-    Attend<true>(sc, a, t, j0, n, p);
-  } else {
-    Attend<false>(sc, a, t, j0, n, p);
+  return true;
+}
+
+thread_local Scratch tls_scratch;
+
+}  // namespace
+
+bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p) {
+  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round, j1 - j0)) return false;
+  (round ? Attend<true, false> : Attend<false, false>)(tls_scratch, a, t, j0, j1 - j0, p);
+  return true;
+}
+
+bool AttendValues(const MlaAttentionArgs& a, int64_t t, bool round) {
+  const int64_t n = std::max<int32_t>(a.n_keys[t], 0);
+  if (n == 0) {
+    std::fill(a.out + t * a.n_heads * a.v_dim, a.out + (t + 1) * a.n_heads * a.v_dim, 0.0f);
+    return true;
   }
+  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round, n)) return false;
+  (round ? Attend<true, true> : Attend<false, true>)(tls_scratch, a, t, 0, n, Partial{});
   return true;
 }
 
