@@ -38,6 +38,19 @@ MOERUN_AVX2 inline __m256i TailMask8(int64_t n) {
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// n (or 8 when n >= 8) floats: plain loads and stores where the whole vector is inside, masked ones
+// only for a tail (AMD's vmaskmovps stores are microcoded: ~10x slower than a plain store).
+MOERUN_AVX2 inline __m256 Load8(const float* p, int64_t n) {
+  return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, TailMask8(n));
+}
+MOERUN_AVX2 inline void Store8(float* p, int64_t n, __m256 v) {
+  if (n >= 8) {
+    _mm256_storeu_ps(p, v);
+  } else {
+    _mm256_maskstore_ps(p, TailMask8(n), v);
+  }
+}
+
 // RoundBf16 on 8 lanes: the same bits.
 MOERUN_AVX2 inline __m256 RoundBf16x8(__m256 x) {
   const __m256i b = _mm256_castps_si256(x), top = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
@@ -108,19 +121,23 @@ MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const float* const* rows
   for (; j < nb; ++j) Scores<NG, 1>(qt, W, rows + j, scale, st + j * ldst, ldst);
 }
 
-// out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= 4), lanes past R masked.
-template <int NH>
+// out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= 4); kFull: all 16 lanes
+// inside R (no masks), else lanes past R masked.
+template <int NH, bool kFull>
 MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* rows, int64_t nb, int64_t i0,
                             int64_t R, float* out) {
   const __m256i m0 = TailMask8(R - i0), m1 = TailMask8(R - i0 - 8);
+  auto load = [&](const float* x, int k) MOERUN_AVX2 {
+    return kFull ? _mm256_loadu_ps(x + 8 * k) : _mm256_maskload_ps(x + 8 * k, k == 0 ? m0 : m1);
+  };
   __m256 acc[NH][2];
 #pragma GCC unroll 4
   for (int h = 0; h < NH; ++h) {
-    acc[h][0] = _mm256_maskload_ps(out + h * R + i0, m0);
-    acc[h][1] = _mm256_maskload_ps(out + h * R + i0 + 8, m1);
+    acc[h][0] = load(out + h * R + i0, 0);
+    acc[h][1] = load(out + h * R + i0, 1);
   }
   for (int64_t j = 0; j < nb; ++j) {
-    const __m256 r0 = _mm256_maskload_ps(rows[j] + i0, m0), r1 = _mm256_maskload_ps(rows[j] + i0 + 8, m1);
+    const __m256 r0 = load(rows[j] + i0, 0), r1 = load(rows[j] + i0, 1);
 #pragma GCC unroll 4
     for (int h = 0; h < NH; ++h) {
       const __m256 e = _mm256_broadcast_ss(st + j * ldst + h);
@@ -130,9 +147,15 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* r
   }
 #pragma GCC unroll 4
   for (int h = 0; h < NH; ++h) {
-    _mm256_maskstore_ps(out + h * R + i0, m0, acc[h][0]);
-    _mm256_maskstore_ps(out + h * R + i0 + 8, m1, acc[h][1]);
+    Store8(out + h * R + i0, R - i0, acc[h][0]);
+    Store8(out + h * R + i0 + 8, R - i0 - 8, acc[h][1]);
   }
+}
+
+template <int NH>
+MOERUN_AVX2 void AccumulateHeads(const float* st, int64_t ldst, const float* const* rows, int64_t nb, int64_t i0,
+                                 int64_t R, float* out) {
+  (i0 + 16 <= R ? Accumulate<NH, true> : Accumulate<NH, false>)(st, ldst, rows, nb, i0, R, out);
 }
 
 // o[i0, i0 + 64) += Σ_j p[j] v_j[i0, i0 + 64) for one head (v_j = v + j·dv), lanes past dv masked;
@@ -158,13 +181,7 @@ MOERUN_AVX2 void AccumulateValues(const float* st, int64_t ldst, const float* v,
     }
   }
 #pragma GCC unroll 8
-  for (int k = 0; k < 8; ++k) {
-    if (kFull) {
-      _mm256_storeu_ps(o + i0 + 8 * k, acc[k]);
-    } else {
-      _mm256_maskstore_ps(o + i0 + 8 * k, TailMask8(dv - i0 - 8 * k), acc[k]);
-    }
-  }
+  for (int k = 0; k < 8; ++k) Store8(o + i0 + 8 * k, kFull ? 8 : dv - i0 - 8 * k, acc[k]);
 }
 
 // kValues: the values path (out = a.out's token t, [H, dv], normalised at the end; blocks of
@@ -196,10 +213,7 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
         continue;
       }
       float* dst = sc.block.data() + j * W;
-      for (int64_t c = 0; c < W; c += 8) {
-        const __m256i m = TailMask8(W - c);
-        _mm256_maskstore_ps(dst + c, m, RoundBf16x8(_mm256_maskload_ps(row + c, m)));
-      }
+      for (int64_t c = 0; c < W; c += 8) Store8(dst + c, W - c, RoundBf16x8(Load8(row + c, W - c)));
       sc.rows[j] = dst;
     }
     float* st = sc.st.data();
@@ -223,10 +237,7 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
           if (!((grew >> (h - g * 8)) & 1)) continue;
           const __m256 f = _mm256_set1_ps(alpha[h - g * 8]);
           float* o = out + h * dout;
-          for (int64_t i = 0; i < dout; i += 8) {
-            const __m256i m = TailMask8(dout - i);
-            _mm256_maskstore_ps(o + i, m, _mm256_mul_ps(f, _mm256_maskload_ps(o + i, m)));
-          }
+          for (int64_t i = 0; i < dout; i += 8) Store8(o + i, dout - i, _mm256_mul_ps(f, Load8(o + i, dout - i)));
         }
       }
       for (int64_t j = 0; j < nb; ++j) {
@@ -249,20 +260,18 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
     for (int64_t i0 = 0; i0 < R; i0 += 16)
       for (int64_t h = 0; h < H; h += 4) {
         switch (std::min<int64_t>(4, H - h)) {
-          case 1: Accumulate<1>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
-          case 2: Accumulate<2>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
-          case 3: Accumulate<3>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
-          default: Accumulate<4>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+          case 1: AccumulateHeads<1>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+          case 2: AccumulateHeads<2>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+          case 3: AccumulateHeads<3>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+          default: AccumulateHeads<4>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
         }
       }
   }
   if (kValues) {
     for (int64_t h = 0; h < H; ++h) {
       const __m256 inv = _mm256_set1_ps(1.0f / sc.sum[h]);  // n > 0 keys: sum > 0
-      for (int64_t i = 0; i < dout; i += 8) {
-        const __m256i m = TailMask8(dout - i);
-        _mm256_maskstore_ps(out + h * dout + i, m, _mm256_mul_ps(inv, _mm256_maskload_ps(out + h * dout + i, m)));
-      }
+      float* o = out + h * dout;
+      for (int64_t i = 0; i < dout; i += 8) Store8(o + i, dout - i, _mm256_mul_ps(inv, Load8(o + i, dout - i)));
     }
     return;
   }
