@@ -16,10 +16,30 @@ namespace {
 constexpr float kInnerNormEps = 1e-6f;
 
 enum ScratchSlot : size_t {
-  kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kGate, kUp, kGathered, kExpertOut, kRouterLogits, kRouteScratch,
-  kNormedLatent, kPassLatent, kPassRope, kPassOut, kNumScratchSlots
+  // Attention (RunMla).
+  kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut, kNumAttentionSlots,
+  // Feed-forward (RunMlp, RunMoe) and the LM head's gathered rows.
+  kGate = kNumAttentionSlots, kUp, kGathered, kExpertOut, kRouterLogits, kRouteScratch, kNumScratchSlots
 };
-static_assert(kNumScratchSlots <= Session::kScratchSlots, "Session::kScratchSlots is too small");
+// The buffer behind each slot. The attention's slots and the feed-forward's are never live together
+// (a node's scratch is dead once it has written its output buffer; the LM head runs after every
+// layer), so each feed-forward slot takes the buffer of an attention slot, paired so that large ones
+// share: the session holds the larger phase's scratch, not both. V2-Lite in 512-token chunks at 4096
+// tokens of context: kUp (22 MiB) on kKv, kGate (22) on kQLatent, kExpertOut (24) on kAttnOut (32).
+constexpr size_t kBufferOf[kNumScratchSlots] = {
+    kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut,
+    /*kGate*/ kQLatent, /*kUp*/ kKv, /*kGathered*/ kQ, /*kExpertOut*/ kAttnOut, /*kRouterLogits*/ kQRope,
+    /*kRouteScratch*/ kHeads};
+constexpr bool OwnBufferPerSlotOfAPhase() {
+  for (size_t i = 0; i < kNumScratchSlots; ++i) {
+    if (i < kNumAttentionSlots ? kBufferOf[i] != i : kBufferOf[i] >= kNumAttentionSlots) return false;
+    for (size_t j = i + 1; j < kNumScratchSlots; ++j)
+      if (i >= kNumAttentionSlots && kBufferOf[i] == kBufferOf[j]) return false;
+  }
+  return true;
+}
+static_assert(OwnBufferPerSlotOfAPhase(), "two slots of one phase share a buffer");
+static_assert(kNumAttentionSlots <= Session::kScratchSlots, "Session::kScratchSlots is too small");
 
 void EmbeddingRow(const EmbeddingTable& t, int64_t id, float* out) {
   const uint64_t base = static_cast<uint64_t>(id) * t.cols;
@@ -29,7 +49,7 @@ void EmbeddingRow(const EmbeddingTable& t, int64_t id, float* out) {
 }  // namespace
 
 float* Session::Scratch(size_t slot, size_t floats) {
-  ScratchFloats& v = scratch_[slot];
+  ScratchFloats& v = scratch_[kBufferOf[slot]];
   v.Grow(floats);  // may throw bad_alloc: Decode turns it into a status
   return v.data();
 }

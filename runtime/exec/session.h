@@ -33,7 +33,7 @@ struct Batch {
 class Session {
  public:
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model, const SessionOptions& options);
-  static constexpr size_t kScratchSlots = 20;  // executor.cc's scratch buffers
+  static constexpr size_t kScratchSlots = 10;  // executor.cc's scratch buffers (kBufferOf)
 
   // Appends the batch to its sequences and computes the requested logits. On failure the sequences
   // are as before the call; a batch rejected before the forward pass (invalid, KV cache full, no
