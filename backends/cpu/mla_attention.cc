@@ -414,13 +414,17 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   }
   const bool parallel = keys * H * (c.row_width() + (a.values ? a.v_dim : R)) >= kMinParallelWork;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
+  // bf16 precision rounds the attention's matmul inputs (queries, keys, values, probabilities) on
+  // every CPU, as the reference backend does: AMX-BF16 tile products where there are some, else the
+  // AVX2 kernels (also on AVX-512 without AMX-BF16: the AVX-512 kernels do not round) or the scalar
+  // ones. f32 precision is exact: the AVX-512, AVX2 or scalar kernels.
+  const bool bf16 = precision_ == Precision::kBF16;
+  const bool avx512 = features_.avx512 && !bf16;
   if (a.values) {
-    // bf16 precision rounds the attention's matmul inputs too: AMX tile products where there are
-    // some, rounded inputs in the AVX2 and scalar kernels; the AVX-512 kernel and f32 stay exact.
     if (AmxAttention()) {
       mla::amx::AttendValues(a, parallel);
     } else {
-      mla::AttendValues(a, features_.avx512, features_.avx2, precision_ == Precision::kBF16, parallel);
+      mla::AttendValues(a, avx512, features_.avx2, bf16, parallel);
     }
     return;
   }
@@ -430,12 +434,8 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
       T >= 2 * threads ? 1
                        : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
                                              std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
-  // bf16 precision rounds the attention's matmul inputs (AMX tile products) where there is AMX-BF16.
-  // Without AVX-512 the AVX2 and scalar kernels round like them (kAvx2Bf16, kScalarBf16); the AVX-512
-  // kernel stays exact.
-  const bool bf16 = precision_ == Precision::kBF16;
   const Kernel kernel = AmxAttention()      ? Kernel::kAmxBf16
-                        : features_.avx512  ? Kernel::kAvx512
+                        : avx512            ? Kernel::kAvx512
                         : features_.avx2    ? (bf16 ? Kernel::kAvx2Bf16 : Kernel::kAvx2)
                                             : (bf16 ? Kernel::kScalarBf16 : Kernel::kScalar);
   // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
