@@ -37,7 +37,7 @@ Result<std::unique_ptr<Backend>> CreateCpuBackend(Precision precision) {
   }
   if (!backend) return OutOfMemory("creating the cpu backend");
   if (!features.avx512)
-    Log(LogLevel::kInfo, features.avx2 ? "cpu backend: no AVX-512; int8 matmuls on AVX2, other kernels scalar"
+    Log(LogLevel::kInfo, features.avx2 ? "cpu backend: no AVX-512; int8 matmuls and attention on AVX2, other kernels scalar"
                                        : "cpu backend: no AVX-512 or AVX2; using scalar kernels");
   return backend;
 }

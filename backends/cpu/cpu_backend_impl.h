@@ -20,7 +20,7 @@ namespace moerun::cpu {
 // What the machine (or a test) lets the backend use.
 struct CpuFeatures {
   bool avx512 = false;  // F, BW, VL plus FMA and F16C: the own kernels; scalar code otherwise
-  bool avx2 = false;    // AVX2 and FMA: the int8 kernel where AVX-512 is missing (q8_avx2.cc)
+  bool avx2 = false;    // AVX2 and FMA: the int8 matmul and attention kernels where AVX-512 is missing
   bool onednn = true;   // route f32 / bf16 GEMMs to oneDNN (off: the own kernels do everything)
   static CpuFeatures Detect();
 };

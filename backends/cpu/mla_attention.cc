@@ -301,10 +301,12 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
 }
 
 // Which kernel the latent path runs.
-enum class Kernel { kScalar, kScalarBf16, kAvx2, kAvx2Bf16, kAvx512, kAmxBf16 };
+enum class Kernel { kScalar, kAvx2, kAvx512, kAmxBf16 };
 
-// Keys [j0, j1) of token t, all heads. False when scratch could not be allocated (logged).
-bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Kernel kernel, const Partial& p) {
+// Keys [j0, j1) of token t, all heads; round: bf16 precision's rounded inputs (the scalar and AVX2
+// kernels; AMX always rounds, AVX-512 never). False when scratch could not be allocated (logged).
+bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Kernel kernel, bool round,
+                const Partial& p) {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim, W = R + P, H = a.n_heads, n = j1 - j0;
   if (n <= 0) {
     std::fill(p.out, p.out + H * R, 0.0f);
@@ -313,8 +315,7 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Ke
     return true;
   }
   if (kernel == Kernel::kAmxBf16) return mla::amx::AttendLatent(a, t, j0, j1, p);
-  if (kernel == Kernel::kAvx2 || kernel == Kernel::kAvx2Bf16)
-    return mla::avx2::AttendLatent(a, t, j0, j1, kernel == Kernel::kAvx2Bf16, p);
+  if (kernel == Kernel::kAvx2) return mla::avx2::AttendLatent(a, t, j0, j1, round, p);
   const bool avx = kernel == Kernel::kAvx512;
   thread_local Scratch sc;
   try {
@@ -340,7 +341,7 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Ke
       std::memcpy(sc.q.data() + h * W, a.q_latent + (t * H + h) * R, static_cast<size_t>(R) * sizeof(float));
       std::memcpy(sc.q.data() + h * W + R, a.q_rope + (t * H + h) * P, static_cast<size_t>(P) * sizeof(float));
     }
-    if (kernel == Kernel::kScalarBf16) {
+    if (round) {
       AttendScalar<true>(sc, H, n, R, W, a.scale, p);
     } else {
       AttendScalar<false>(sc, H, n, R, W, a.scale, p);
@@ -434,10 +435,10 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
       T >= 2 * threads ? 1
                        : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
                                              std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
-  const Kernel kernel = AmxAttention()      ? Kernel::kAmxBf16
-                        : avx512            ? Kernel::kAvx512
-                        : features_.avx2    ? (bf16 ? Kernel::kAvx2Bf16 : Kernel::kAvx2)
-                                            : (bf16 ? Kernel::kScalarBf16 : Kernel::kScalar);
+  const Kernel kernel = AmxAttention()   ? Kernel::kAmxBf16
+                        : avx512         ? Kernel::kAvx512
+                        : features_.avx2 ? Kernel::kAvx2
+                                         : Kernel::kScalar;
   // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
   // thrown: reported as std::bad_alloc after them (the session turns it into out of memory).
   std::vector<uint8_t> failed(static_cast<size_t>(T), 0);
@@ -462,7 +463,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
         stats.resize(static_cast<size_t>(2 * H * nt));
         for (int64_t i = 0; i < nt; ++i)
           parts[i] = Partial{a.out + (t0 + i) * H * R, stats.data() + 2 * H * i, stats.data() + 2 * H * i + H};
-        done = nt == 1 ? AttendKeys(a, t0, 0, a.n_keys[t0], kernel, parts[0])
+        done = nt == 1 ? AttendKeys(a, t0, 0, a.n_keys[t0], kernel, bf16, parts[0])
                        : mla::amx::AttendLatentTokens(a, t0, nt, parts);
       } catch (const std::exception&) {
       }
@@ -487,7 +488,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
     for (int64_t item = 0; item < T * spans; ++item) {
       const int64_t t = item / spans, sp = item % spans, n = std::max<int32_t>(a.n_keys[t], 0);
-      if (!AttendKeys(a, t, n * sp / spans, n * (sp + 1) / spans, kernel, span(item)))
+      if (!AttendKeys(a, t, n * sp / spans, n * (sp + 1) / spans, kernel, bf16, span(item)))
         std::atomic_ref<uint8_t>(failed[t]).store(1, std::memory_order_relaxed);  // spans share t
     }
 #pragma omp parallel for schedule(static) if (parallel && T * H > 1)

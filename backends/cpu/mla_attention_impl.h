@@ -90,16 +90,8 @@ void LogScratchFailure(const char* what, int64_t keys) noexcept;
 // The same for any message.
 void LogError(const char* message) noexcept;
 
-// x rounded to bf16 and back (round to nearest even, NaN stays NaN): Bf16ToF32(F32ToBf16(x)), in a
-// form the compiler vectorises.
-inline float RoundBf16(float x) {
-  uint32_t bits;
-  __builtin_memcpy(&bits, &x, 4);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-  bits = (bits & 0x7fffffffu) > 0x7f800000u ? (bits | 0x00400000u) & 0xffff0000u : rounded;
-  __builtin_memcpy(&x, &bits, 4);
-  return x;
-}
+// x rounded to bf16 and back (nearest even; NaN stays NaN). For the generic translation units only.
+inline float RoundBf16(float x) { return Bf16ToF32(F32ToBf16(x)); }
 
 // The values path (MlaAttentionArgs::values): out [T, H, v_dim]. Throws std::bad_alloc when scratch
 // could not be allocated, after its parallel region. avx: the AVX-512 tile kernel, else avx2: the
@@ -107,12 +99,9 @@ inline float RoundBf16(float x) {
 // keys, values and probabilities rounded to bf16 as the AMX kernels and the reference backend do.
 void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bool parallel);
 
-// The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and
-// the probabilities rounded to bf16, f32 accumulation and softmax, the running maximum updated per
-// block of kKeyBlock keys (the probabilities are rounded relative to it). Call only when
-// q8::DetectSupport().amx_bf16. Throws std::bad_alloc like AttendValues.
 namespace avx2 {
-// The latent path on AVX2 + FMA (mla_attention_avx2.cc), for CPUs without AVX-512: keys [j0, j1) of
+// The latent path on AVX2 + FMA (mla_attention_avx2.cc), for CPUs without AVX-512 and for bf16
+// precision without AMX-BF16: keys [j0, j1) of
 // token t, all heads, into p (not normalised). round (bf16 precision): queries, key rows and the
 // probabilities rounded to bf16 exactly as amx::AttendLatent rounds them (blocks of kLatentKeyBlock
 // keys from j0); without round the exact softmax in f32.
@@ -123,6 +112,10 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
 bool AttendValues(const MlaAttentionArgs& a, int64_t t, bool round);
 }  // namespace avx2
 
+// The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and
+// the probabilities rounded to bf16, f32 accumulation and softmax, the running maximum updated per
+// block of kKeyBlock keys (the probabilities are rounded relative to it). Call only when
+// q8::DetectSupport().amx_bf16. Throws std::bad_alloc like AttendValues.
 namespace amx {
 inline constexpr int64_t kKeyBlock = 64;
 void AttendValues(const MlaAttentionArgs& a, bool parallel);

@@ -1,5 +1,6 @@
 // AVX2 int8 Linear on Q8_PANEL weights: the int8 path of CPUs without AVX-512 (AMD Zen 1-3, most
-// Intel client cores). Without it such a CPU ran the scalar kernel, ~10x below its memory bandwidth.
+// Intel client cores). Without it (and the AVX2 attention) such a CPU ran scalar code: a V2-Lite
+// 8-layer int8 decode step took 1424 ms on a 2-core AMD EPYC host, ~31 ms with them.
 //
 // AVX2 has no unsigned × signed byte dot product that cannot saturate (vpmaddubsw adds two products
 // in 16 bits, and 2·255·127 does not fit), so the bytes are widened to 16 bits: a panel quad (16 rows

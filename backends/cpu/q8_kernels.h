@@ -43,7 +43,7 @@ using ::moerun::q8::Quads;
 using ::moerun::q8::ScaleIndex;
 
 struct Support {
-  bool avx2 = false;    // AVX2 and FMA: the int8 kernel of CPUs without AVX-512 (q8_avx2.cc)
+  bool avx2 = false;    // AVX2 and FMA: q8_avx2.cc and mla_attention_avx2.cc may run
   bool avx512 = false;  // F, BW, VL, DQ and FMA: quantisation and the exact f32 kernel
   bool vnni = false;    // avx512 plus AVX512_VNNI: the int8 kernel
   bool amx = false;     // vnni plus AMX-TILE and AMX-INT8, and Linux granted the tile state

@@ -60,7 +60,7 @@ struct Expected {
 // Without rounding (the f32 kernels): exact inputs and probabilities, no slack.
 Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1, bool rounded = true) {
   const int64_t R = c.R, P = c.P, n = j1 - j0;
-  auto Bf16 = [rounded](float v) { return rounded ? test::Bf16(v) : static_cast<double>(v); };
+  auto in = [rounded](float v) { return rounded ? Bf16(v) : static_cast<double>(v); };
   const LatentCacheView view{c.pool.data(), c.page_size, R, P};
   const float* ql = c.q_latent.data() + (t * c.H + h) * R;
   const float* qr = c.q_rope.data() + (t * c.H + h) * P;
@@ -68,8 +68,8 @@ Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1
   for (int64_t j = 0; j < n; ++j) {
     const float* row = view.Row(c.token_pages[t], j0 + j);
     double acc = 0.0;
-    for (int64_t i = 0; i < R; ++i) acc += static_cast<double>(Bf16(ql[i])) * Bf16(row[i]);
-    for (int64_t i = 0; i < P; ++i) acc += static_cast<double>(Bf16(qr[i])) * Bf16(row[R + i]);
+    for (int64_t i = 0; i < R; ++i) acc += in(ql[i]) * in(row[i]);
+    for (int64_t i = 0; i < P; ++i) acc += in(qr[i]) * in(row[R + i]);
     s[j] = static_cast<double>(c.Args().scale) * acc;
   }
   Expected e;
@@ -95,14 +95,14 @@ Expected Model(const ValuesCase& c, int64_t t, int64_t h, int64_t j0, int64_t j1
     e.sum += w[j];
     e.sum_slack += wide[j];
     const float* row = view.Row(c.token_pages[t], j0 + j);
-    for (int64_t i = 0; i < R; ++i) e.out[i] += w[j] * Bf16(row[i]);
+    for (int64_t i = 0; i < R; ++i) e.out[i] += w[j] * in(row[i]);
   }
   for (int64_t j = 0; j < n; ++j) {
     if (wide[j] == 0.0) continue;
     const float* row = view.Row(c.token_pages[t], j0 + j);
     double d2 = 0.0;
     for (int64_t i = 0; i < R; ++i) {
-      const double d = Bf16(row[i]) - e.out[i] / e.sum;
+      const double d = in(row[i]) - e.out[i] / e.sum;
       d2 += d * d;
     }
     e.slack += wide[j] * std::sqrt(d2) / e.sum;
