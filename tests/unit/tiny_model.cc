@@ -6,7 +6,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <mutex>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "converters/q8_pack.h"
@@ -230,11 +232,35 @@ Status WriteTinyModel(const std::string& path, const TinyModelOptions& o) {
   return b.w.Finish();
 }
 
+namespace {
+
+// Every directory TempDir made in this process, removed with its contents when the process exits
+// (each discovered test runs in its own process, so nothing accumulates under /tmp).
+class TempDirRegistry {
+ public:
+  void Add(const std::filesystem::path& p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    dirs_.insert(p);
+  }
+  ~TempDirRegistry() {
+    std::error_code ec;
+    for (const auto& d : dirs_) std::filesystem::remove_all(d, ec);
+  }
+
+ private:
+  std::mutex mu_;
+  std::set<std::filesystem::path> dirs_;
+};
+
+}  // namespace
+
 std::string TempDir(const std::string& name) {
+  static TempDirRegistry registry;
   const char* base = std::getenv("TEST_TMPDIR");
   std::filesystem::path p = std::filesystem::path(base ? base : "/tmp") /
                             ("moerun_test_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::create_directories(p);
+  registry.Add(p);
   return p.string();
 }
 

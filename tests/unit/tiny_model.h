@@ -21,7 +21,8 @@ struct TinyModelOptions {
 ModelConfig TinyConfig(const TinyModelOptions& o);
 Status WriteTinyModel(const std::string& path, const TinyModelOptions& o);
 
-// A fresh directory under the test temp dir, removed by the caller (or left for the OS).
+// A directory under $TEST_TMPDIR (default /tmp), named for this process; removed with its contents
+// when the process exits.
 std::string TempDir(const std::string& name);
 
 }  // namespace moerun::testing
