@@ -2,16 +2,26 @@
 // Intel client cores). Without it (and the AVX2 attention) such a CPU ran scalar code: a V2-Lite
 // 8-layer int8 decode step took 1424 ms on a 2-core AMD EPYC host, ~31 ms with them.
 //
-// AVX2 has no unsigned × signed byte dot product that cannot saturate (vpmaddubsw adds two products
-// in 16 bits, and 2·255·127 does not fit), so the bytes are widened to 16 bits: a panel quad (16 rows
-// × 4 columns, 64 bytes) is four vpmovzxbw loads of 4 rows × 4 columns each, and an activation row's
-// 4 int8 values of that quad, widened and repeated, meet each of them in a vpmaddwd: two int32 partial
-// sums per weight row (columns 0-1 and 2-3), added pairwise once per 128-column group. The sums are
-// exact, and the group step is the scalar kernel's: isum = Σ (q+128)·x − 128·Σx, then
+// AVX2 has no unsigned × signed byte dot product that cannot saturate on these bytes (vpmaddubsw
+// adds two products in 16 bits, and 2·255·127 does not fit). For several activation rows the bytes
+// are therefore widened to 16 bits: a panel quad (16 rows × 4 columns, 64 bytes) is four vpmovzxbw
+// loads of 4 rows × 4 columns each, and an activation row's 4 int8 values of that quad, widened and
+// repeated, meet each of them in a vpmaddwd: two int32 partial sums per weight row (columns 0-1 and
+// 2-3), added pairwise once per 128-column group; isum = Σ (q+128)·x − 128·Σx.
+// Every path's integer sums are exact and the group step is the scalar kernel's,
 // fma(float(isum), sw·xs, acc) in group order, so every output is bit-identical to LinearInt8Scalar.
 //
-// Register tile: one activation row × two panels (decode: two weight streams per thread, as on VNNI)
-// or two rows × one panel (the panel then stays in L1 for the next pair of rows): 8 accumulators.
+// Decode (one activation row) takes another route, with no widening: offset-binary bytes XOR 0x80
+// are the signed q, and vpmaddubsw(|q|, sign(x, q)) gives q·x pairs exactly (|q| <= 128 as an
+// unsigned byte, |x| <= 127, so a pair is at most 2·128·127 < 2^15 and cannot saturate, even for a
+// q of -128 that the converter never writes). vpmaddwd with ones then sums each row's four columns.
+// One panel at a time and no software prefetch: on the AMD EPYC host one stream per thread read at
+// 28 GB/s against the read probe's 30, two interleaved panels (the previous tile) at 19 and the
+// widening kernel at 26, and every prefetch distance tried (512 B to 16 KiB, L1, L2 or NTA) lowered
+// it (medians of 11 runs over 512 MiB of panels, one thread).
+//
+// Several rows (prefill, batched decode): two rows × one panel (the panel then stays in L1 for the
+// next pair of rows), the bytes widened to 16 bits once and shared by both rows: 8 accumulators.
 //
 // Compiled for the baseline ISA, with the kernels marked target("avx2,fma"): any inline function
 // from a shared header is then built generically, and only DetectSupport().avx2 lets them run.
@@ -23,9 +33,8 @@ namespace moerun::cpu::q8::avx2 {
 namespace {
 
 constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
-// Software prefetch along each panel stream, to L1 a little ahead of the loads.
+// Software prefetch along the panel stream of the several-row tiles, to L1 a little ahead.
 constexpr int64_t kPrefetchBytes = 2048;
-
 
 using Args = Int8Args;
 
@@ -114,13 +123,50 @@ MOERUN_AVX2 void Tile(const Args& a, int64_t m0, int64_t p) {
   }
 }
 
-// Panels [p0, p1) for all M rows: one row against two panels at a time for decode, pairs of rows
-// against one panel otherwise.
+// One activation row against panel p: the decode kernel described at the top.
+MOERUN_AVX2 void DecodeTile(const Args& a, int64_t p) {
+  const uint8_t* panel = a.data + p * a.panel_bytes;
+  const int64_t G = a.G;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  __m256 facc0 = _mm256_setzero_ps(), facc1 = facc0;
+  for (int64_t g = 0; g < G; ++g) {
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0;  // rows 0-7 and 8-15 of the panel
+    const int64_t j0 = g * kQuadsPerGroup, j1 = j0 + kQuadsPerGroup < a.quads ? j0 + kQuadsPerGroup : a.quads;
+    for (int64_t j = j0; j < j1; ++j) {
+      int32_t x4;
+      __builtin_memcpy(&x4, a.xq + 4 * j, 4);
+      const __m256i xb = _mm256_set1_epi32(x4);
+      const uint8_t* q = panel + j * kQuadBytes;
+      const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), flip);
+      const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)), flip);
+      acc0 = _mm256_add_epi32(
+          acc0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xb, w0)), ones));
+      acc1 = _mm256_add_epi32(
+          acc1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(xb, w1)), ones));
+    }
+    const float* sw = a.scale + (p * G + g) * kPanelRows;
+    const __m256 s = _mm256_set1_ps(a.xs[g]);
+    facc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc0), _mm256_mul_ps(_mm256_loadu_ps(sw), s), facc0);
+    facc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc1), _mm256_mul_ps(_mm256_loadu_ps(sw + 8), s), facc1);
+  }
+  float* y = a.y + p * kPanelRows;
+  const int64_t rows = a.N - p * kPanelRows;
+  if (rows >= kPanelRows) {
+    _mm256_storeu_ps(y, facc0);
+    _mm256_storeu_ps(y + 8, facc1);
+  } else {  // the last panel of an N that is not a multiple of 16: columns from N on stay untouched
+    alignas(32) float out[kPanelRows];
+    _mm256_store_ps(out, facc0);
+    _mm256_store_ps(out + 8, facc1);
+    for (int64_t i = 0; i < rows; ++i) y[i] = out[i];
+  }
+}
+
+// Panels [p0, p1) for all M rows: the decode kernel for one row, pairs of rows against one panel
+// otherwise.
 MOERUN_AVX2 void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
   if (M == 1) {
-    int64_t p = p0;
-    for (; p + 2 <= p1; p += 2) Tile<1, 2>(a, 0, p);
-    if (p < p1) Tile<1, 1>(a, 0, p);
+    for (int64_t p = p0; p < p1; ++p) DecodeTile(a, p);
     return;
   }
   for (int64_t p = p0; p < p1; ++p) {

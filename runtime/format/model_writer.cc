@@ -175,6 +175,11 @@ Status ModelWriter::Finish() {
   if (::ftruncate(fd_, static_cast<off_t>(weights_offset_ + weights_size_)) != 0)
     return IoError("sizing '" + tmp_path_ + "': " + std::strerror(errno));
   if (::fsync(fd_) != 0) return IoError("flushing '" + tmp_path_ + "': " + std::strerror(errno));
+  // The written pages sit in the page cache as small folios, which a loader's mapping can only map
+  // with 4 KiB pages (weights then stream ~20% slower than from 2 MiB pages). Now that they are on
+  // disk, drop them: the first load reads the file back through its MADV_HUGEPAGE mapping in 2 MiB
+  // folios. Advice only; a failure loses nothing.
+  (void)::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED);
   if (::close(fd_) != 0) {
     fd_ = -1;
     return IoError("closing '" + tmp_path_ + "': " + std::strerror(errno));

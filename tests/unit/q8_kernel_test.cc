@@ -214,6 +214,38 @@ TEST(Q8Kernels, Int8PathsMatchDefinition) {
     }
 }
 
+// Largest products: every activation ±127 and weight bytes at both ends, including byte 0 (q = -128,
+// which the converter never writes but a file may hold). A kernel that adds byte products in 16 bits
+// (the AVX2 decode kernel) must not saturate, and every path must still give the definition's bits.
+TEST(Q8Kernels, Int8PathsExactAtExtremeBytes) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> pick(0, 3);
+  const int8_t extremes[] = {-128, -127, 127, 126};
+  for (int64_t K : {4, 128, 300}) {
+    Q8Weight w;
+    w.N = 33;
+    w.K = K;
+    w.q.resize(w.N * K);
+    for (int8_t& v : w.q) v = extremes[pick(rng)];
+    w.s.assign(w.N * Groups(K), 0.01f);
+    Pack(w);
+    for (int64_t M : {1, 2, 3}) {
+      std::vector<float> x(M * K);
+      for (float& v : x) v = pick(rng) < 2 ? -1.0f : 1.0f;  // quantises to ±127 exactly
+      const Quantized a = Quantize(x, K, M, K, false);
+      const std::vector<float> want = ReferenceInt8(w, a.b, M);
+      for (Int8Path path : AvailablePaths()) {
+        SCOPED_TRACE(std::string(PathName(path)) + " K " + std::to_string(K) + " M " + std::to_string(M));
+        Output out(w.N, M);
+        LinearInt8On(path, w.view(), a.b.xq, a.b.xs, a.b.xsum, M, out.y.data(), out.ld);
+        out.ExpectGuardsIntact();
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t r = 0; r < w.N; ++r) ASSERT_EQ(out.At(m, r), want[m * w.N + r]) << m << "," << r;
+      }
+    }
+  }
+}
+
 TEST(Q8Kernels, AmxFromSeveralThreads) {
   if (!DetectSupport().amx) GTEST_SKIP() << "no AMX";
   std::mt19937 rng(3);
