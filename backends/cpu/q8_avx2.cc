@@ -33,6 +33,8 @@ namespace moerun::cpu::q8::avx2 {
 namespace {
 
 constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
+// Rows below this many activation bytes are quantised on the calling thread.
+constexpr int64_t kMinParallelBytes = int64_t{1} << 16;
 // Software prefetch along the panel stream of the several-row tiles, to L1 a little ahead.
 constexpr int64_t kPrefetchBytes = 2048;
 
@@ -176,6 +178,58 @@ MOERUN_AVX2 void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
   }
 }
 
+// ---- Quantisation (q8_panel.h's QuantizeRow, 32 columns at a time) ------------------------------
+
+// q = clamp(round_half_even(v), ±127) with NaN → 0, as int32 lanes (cvtps rounds to nearest even in
+// the default MXCSR mode, as nearbyint does; clamping before rounding gives the same integers).
+MOERUN_AVX2 inline __m256i QuantizeLanes(__m256 v, __m256 inv) {
+  const __m256 s = _mm256_mul_ps(v, inv);
+  const __m256 ordered = _mm256_cmp_ps(s, s, _CMP_ORD_Q);
+  const __m256 c = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+  return _mm256_and_si256(_mm256_cvtps_epi32(c), _mm256_castps_si256(ordered));
+}
+
+MOERUN_AVX2 void QuantizeRow(const float* x, int64_t K, int64_t stride, int8_t* q, float* xs, int32_t* xsum) {
+  const int64_t G = (K + kGroupCols - 1) / kGroupCols;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  alignas(32) float tail[kGroupCols];
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t c0 = g * kGroupCols;
+    const float* src = x + c0;
+    if (K - c0 < kGroupCols) {  // the last, partial group: zeros leave the maximum and Σq unchanged
+      for (int64_t c = 0; c < kGroupCols; ++c) tail[c] = c < K - c0 ? src[c] : 0.0f;
+      src = tail;
+    }
+    // The running maximum is vmaxps's second operand, so a NaN never enters it (as in QuantizeRow).
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 16; ++i) amax = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(src + 8 * i)), amax);
+    amax = _mm256_max_ps(amax, _mm256_permute2f128_ps(amax, amax, 1));
+    amax = _mm256_max_ps(amax, _mm256_shuffle_ps(amax, amax, 0x4E));
+    amax = _mm256_max_ps(amax, _mm256_shuffle_ps(amax, amax, 0xB1));
+    const float a = _mm256_cvtss_f32(amax);
+    const __m256 inv = _mm256_set1_ps(a > 0.0f ? 127.0f / a : 0.0f);
+    __m256i sum = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) {  // 32 columns: four vectors packed to 32 bytes in column order
+      const int64_t c = c0 + 32 * i;
+      if (c >= stride) break;  // stride is a multiple of 64, so 32-byte chunks either fit or not
+      const float* v = src + 32 * i;
+      const __m256i q0 = QuantizeLanes(_mm256_loadu_ps(v), inv), q1 = QuantizeLanes(_mm256_loadu_ps(v + 8), inv);
+      const __m256i q2 = QuantizeLanes(_mm256_loadu_ps(v + 16), inv);
+      const __m256i q3 = QuantizeLanes(_mm256_loadu_ps(v + 24), inv);
+      sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
+      const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm256_permutevar8x32_epi32(b, order));
+    }
+    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    xs[g] = a / 127.0f;
+    xsum[g] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+  }
+  for (int64_t c = G * kGroupCols; c < stride; c += 32)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm256_setzero_si256());
+}
+
 #undef MOERUN_AVX2
 
 }  // namespace
@@ -183,6 +237,12 @@ MOERUN_AVX2 void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy) {
   SplitPanels(MakeInt8Args(w, xq, xs, xsum, y, ldy), M, Range);
+}
+
+void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
+  const int64_t G = (K + kGroupCols - 1) / kGroupCols, stride = XqStride(K);
+#pragma omp parallel for schedule(static) if (M * K >= kMinParallelBytes)
+  for (int64_t m = 0; m < M; ++m) QuantizeRow(x + m * ldx, K, stride, xq + m * stride, xs + m * G, xsum + m * G);
 }
 
 }  // namespace moerun::cpu::q8::avx2

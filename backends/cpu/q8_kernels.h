@@ -64,7 +64,7 @@ struct ActivationBuffers {
 };
 ActivationBuffers CarveActivations(void* scratch, int64_t M, int64_t K);
 
-// x[m, 0:K] (row stride ldx floats) → xq, xs, xsum as above. Vectorised when DetectSupport().avx512.
+// x[m, 0:K] (row stride ldx floats) → xq, xs, xsum as above. Vectorised with AVX-512 or AVX2.
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum);
 
 // y[m, 0:N] for m < M (row stride ldy floats; columns from N on are not touched), N = w.rows,
@@ -118,6 +118,7 @@ void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8
 void LinearF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy);
 }  // namespace avx512
 namespace avx2 {
+void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum);
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy);
 }  // namespace avx2

@@ -165,8 +165,11 @@ void LinearF32Scalar(const WeightView& w, const float* x, int64_t ldx, int64_t M
 
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
   if (M <= 0 || K <= 0) return;
-  if (DetectSupport().avx512) {
+  const Support s = DetectSupport();
+  if (s.avx512) {
     avx512::QuantizeActivations(x, ldx, M, K, xq, xs, xsum);
+  } else if (s.avx2) {
+    avx2::QuantizeActivations(x, ldx, M, K, xq, xs, xsum);
   } else {
     QuantizeActivationsScalar(x, ldx, M, K, xq, xs, xsum);
   }

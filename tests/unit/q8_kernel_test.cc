@@ -61,13 +61,27 @@ struct Quantized {
   ActivationBuffers b;
 };
 
-Quantized Quantize(const std::vector<float>& x, int64_t ldx, int64_t M, int64_t K, bool scalar) {
+using QuantizeFn = void (*)(const float*, int64_t, int64_t, int64_t, int8_t*, float*, int32_t*);
+
+Quantized Quantize(const std::vector<float>& x, int64_t ldx, int64_t M, int64_t K, QuantizeFn fn) {
   Quantized out;
   out.buffer.assign(ActivationBytes(M, K) + 64, 0xab);  // garbage where padding must be written
   void* base = out.buffer.data() + (64 - reinterpret_cast<uintptr_t>(out.buffer.data()) % 64) % 64;
   out.b = CarveActivations(base, M, K);
-  (scalar ? QuantizeActivationsScalar : QuantizeActivations)(x.data(), ldx, M, K, out.b.xq, out.b.xs, out.b.xsum);
+  fn(x.data(), ldx, M, K, out.b.xq, out.b.xs, out.b.xsum);
   return out;
+}
+
+Quantized Quantize(const std::vector<float>& x, int64_t ldx, int64_t M, int64_t K, bool scalar) {
+  return Quantize(x, ldx, M, K, scalar ? QuantizeActivationsScalar : QuantizeActivations);
+}
+
+// Every vectorised quantiser this CPU can run (each is checked against the scalar one).
+std::vector<std::pair<const char*, QuantizeFn>> SimdQuantizers() {
+  std::vector<std::pair<const char*, QuantizeFn>> q;
+  if (DetectSupport().avx2) q.emplace_back("avx2", avx2::QuantizeActivations);
+  if (DetectSupport().avx512) q.emplace_back("avx512", avx512::QuantizeActivations);
+  return q;
 }
 
 // The int8 mode from its definition: exact integer group sums, then fmaf in group order.
@@ -126,6 +140,45 @@ TEST(Q8Kernels, ReportsSupport) {
   EXPECT_TRUE(!s.amx || s.vnni);
 }
 
+// One vectorised quantiser's output against the scalar one and the definition; x row 3 holds ties.
+void CheckQuantized(const Quantized& simd, const Quantized& scalar, const std::vector<float>& x, int64_t ldx, int64_t M,
+                    int64_t K) {
+  const int64_t G = Groups(K), stride = XqStride(K);
+  ASSERT_EQ(0, std::memcmp(simd.b.xq, scalar.b.xq, M * stride)) << "K " << K;
+  ASSERT_EQ(0, std::memcmp(simd.b.xs, scalar.b.xs, M * G * 4)) << "K " << K;
+  ASSERT_EQ(0, std::memcmp(simd.b.xsum, scalar.b.xsum, M * G * 4)) << "K " << K;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t c = K; c < stride; ++c) ASSERT_EQ(simd.b.xq[m * stride + c], 0) << "padding " << K;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t c0 = g * 128, c1 = std::min(K, c0 + 128);
+      float a = 0.0f;
+      for (int64_t c = c0; c < c1; ++c) a = std::max(a, std::fabs(x[m * ldx + c]));
+      ASSERT_EQ(simd.b.xs[m * G + g], a / 127.0f);
+      int32_t sum = 0;
+      for (int64_t c = c0; c < c1; ++c) {
+        const float v = x[m * ldx + c] * (a == 0.0f ? 0.0f : 127.0f / a);
+        const int q = static_cast<int>(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
+        ASSERT_EQ(simd.b.xq[m * stride + c], q) << "m " << m << " c " << c << " x " << x[m * ldx + c];
+        sum += q;
+      }
+      ASSERT_EQ(simd.b.xsum[m * G + g], sum);
+    }
+  }
+  if (K > 5) {  // half-way cases round to even
+    const int8_t* q3 = simd.b.xq + 3 * stride;
+    EXPECT_EQ(q3[1], -2);    // -1.5
+    EXPECT_EQ(q3[3], 0);     // -0.5
+    EXPECT_EQ(q3[4], 0);     // 0
+    EXPECT_EQ(q3[5], -126);  // -126.5
+  }
+  if (K > 7) {
+    EXPECT_EQ(simd.b.xq[3 * stride + 6], 1);  // 1.0
+    EXPECT_EQ(simd.b.xq[3 * stride + 7], 2);  // 1.5 → 2
+  }
+  EXPECT_EQ(simd.b.xs[1 * G], 0.0f);  // row 1's first group is zero
+  EXPECT_EQ(simd.b.xsum[1 * G], 0);
+}
+
 TEST(Q8Kernels, QuantizeMatchesDefinitionAndScalar) {
   std::mt19937 rng(1);
   for (int64_t K : {1, 3, 4, 5, 64, 100, 127, 128, 129, 200, 256, 300, 1000}) {
@@ -135,41 +188,11 @@ TEST(Q8Kernels, QuantizeMatchesDefinitionAndScalar) {
     for (int64_t c = 0; c < K; ++c) x[3 * ldx + c] = 0.5f * static_cast<float>(static_cast<int>(c % 9) - 4);
     x[3 * ldx] = 127.0f;
     if (K > 5) x[3 * ldx + 5] = -126.5f;
-    const Quantized simd = Quantize(x, ldx, M, K, false), scalar = Quantize(x, ldx, M, K, true);
-    const int64_t G = Groups(K), stride = XqStride(K);
-    ASSERT_EQ(0, std::memcmp(simd.b.xq, scalar.b.xq, M * stride)) << "K " << K;
-    ASSERT_EQ(0, std::memcmp(simd.b.xs, scalar.b.xs, M * G * 4)) << "K " << K;
-    ASSERT_EQ(0, std::memcmp(simd.b.xsum, scalar.b.xsum, M * G * 4)) << "K " << K;
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t c = K; c < stride; ++c) ASSERT_EQ(simd.b.xq[m * stride + c], 0) << "padding " << K;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t c0 = g * 128, c1 = std::min(K, c0 + 128);
-        float a = 0.0f;
-        for (int64_t c = c0; c < c1; ++c) a = std::max(a, std::fabs(x[m * ldx + c]));
-        ASSERT_EQ(simd.b.xs[m * G + g], a / 127.0f);
-        int32_t sum = 0;
-        for (int64_t c = c0; c < c1; ++c) {
-          const float v = x[m * ldx + c] * (a == 0.0f ? 0.0f : 127.0f / a);
-          const int q = static_cast<int>(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
-          ASSERT_EQ(simd.b.xq[m * stride + c], q) << "m " << m << " c " << c << " x " << x[m * ldx + c];
-          sum += q;
-        }
-        ASSERT_EQ(simd.b.xsum[m * G + g], sum);
-      }
+    const Quantized scalar = Quantize(x, ldx, M, K, true);
+    for (const auto& [name, fn] : SimdQuantizers()) {
+      SCOPED_TRACE(name);
+      CheckQuantized(Quantize(x, ldx, M, K, fn), scalar, x, ldx, M, K);
     }
-    if (K > 5) {  // half-way cases round to even
-      const int8_t* q3 = simd.b.xq + 3 * stride;
-      EXPECT_EQ(q3[1], -2);    // -1.5
-      EXPECT_EQ(q3[3], 0);     // -0.5
-      EXPECT_EQ(q3[4], 0);     // 0
-      EXPECT_EQ(q3[5], -126);  // -126.5
-    }
-    if (K > 7) {
-      EXPECT_EQ(simd.b.xq[3 * stride + 6], 1);  // 1.0
-      EXPECT_EQ(simd.b.xq[3 * stride + 7], 2);      // 1.5 → 2
-    }
-    EXPECT_EQ(simd.b.xs[1 * G], 0.0f);  // row 1's first group is zero
-    EXPECT_EQ(simd.b.xsum[1 * G], 0);
   }
 }
 
@@ -179,10 +202,14 @@ TEST(Q8Kernels, QuantizeNonFiniteAgrees) {
   x[5] = std::numeric_limits<float>::quiet_NaN();
   x[K + 7] = std::numeric_limits<float>::infinity();
   x[2 * K + 9] = 1e-42f;  // subnormal maximum: 127 / a overflows
-  const Quantized simd = Quantize(x, K, 3, K, false), scalar = Quantize(x, K, 3, K, true);
-  EXPECT_EQ(0, std::memcmp(simd.b.xq, scalar.b.xq, 3 * XqStride(K)));
-  EXPECT_EQ(0, std::memcmp(simd.b.xs, scalar.b.xs, 3 * Groups(K) * 4));
-  EXPECT_EQ(0, std::memcmp(simd.b.xsum, scalar.b.xsum, 3 * Groups(K) * 4));
+  const Quantized scalar = Quantize(x, K, 3, K, true);
+  for (const auto& [name, fn] : SimdQuantizers()) {
+    SCOPED_TRACE(name);
+    const Quantized simd = Quantize(x, K, 3, K, fn);
+    EXPECT_EQ(0, std::memcmp(simd.b.xq, scalar.b.xq, 3 * XqStride(K)));
+    EXPECT_EQ(0, std::memcmp(simd.b.xs, scalar.b.xs, 3 * Groups(K) * 4));
+    EXPECT_EQ(0, std::memcmp(simd.b.xsum, scalar.b.xsum, 3 * Groups(K) * 4));
+  }
 }
 
 TEST(Q8Kernels, Int8PathsMatchDefinition) {
