@@ -203,14 +203,16 @@ q8::Int8Path CpuBackend::Int8Kernel() const {
 // q8_panel weights: f32 precision widens them exactly (q8::LinearF32); bf16 precision runs the int8
 // path (activations quantised per 128-column group, runtime/core/q8_panel.h) on AMX / VNNI / AVX2.
 void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const {
-  // Without AVX-512 (or in tests that switch it off) the portable quantisation runs: same bytes.
-  const bool simd = features_.avx512;
+  // Without AVX-512 (or in tests that switch it off) the exact mode runs the portable kernel, and the
+  // quantisation the AVX2 or the portable one: the same bytes on every path.
   if (precision_ == Precision::kF32) {
-    (simd ? q8::LinearF32 : q8::LinearF32Scalar)(w, x, ldx, M, y, ldy);
+    (features_.avx512 ? q8::LinearF32 : q8::LinearF32Scalar)(w, x, ldx, M, y, ldy);
     return;
   }
   const q8::ActivationBuffers a = ThreadActivations(0, M, w.cols);
-  (simd ? q8::QuantizeActivations : q8::QuantizeActivationsScalar)(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
+  (features_.avx512 ? q8::QuantizeActivations
+   : features_.avx2 ? q8::avx2::QuantizeActivations
+                    : q8::QuantizeActivationsScalar)(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
   q8::LinearInt8On(Int8Kernel(), w, a.xq, a.xs, a.xsum, M, y, ldy);
 }
 
