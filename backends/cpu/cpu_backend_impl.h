@@ -52,8 +52,10 @@ class CpuBackend final : public Backend {
   void MoeExperts(const MoeExpertsArgs& a) const override;
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) const override;
   void MlaAttention(const MlaAttentionArgs& args) const override;
-  // bf16 precision on AMX-BF16: both attention paths round the cache rows to bf16 anyway.
-  bool Bf16LatentCache() const override { return AmxAttention(); }
+  // bf16 precision on AMX-BF16 or AVX2: both attention paths of those kernels round the cache rows
+  // to bf16 anyway, and read bf16 rows (the scalar kernels read only f32 rows). The AVX2 kernels keep
+  // a subnormal f32 value as a bf16 subnormal, which the cache stores as zero (as AMX converts it).
+  bool Bf16LatentCache() const override { return precision_ == Precision::kBF16 && (AmxAttention() || features_.avx2); }
 
   // Bytes held by PrepareWeights copies and flags (for tests and memory reports).
   int64_t PreparedBytes() const;

@@ -397,10 +397,12 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
     if (g_log_budget.fetch_sub(1) > 0) Log(LogLevel::kError, "cpu backend: MlaAttention called with invalid arguments");
     return;
   }
-  // Only the AMX kernels read bf16 rows (Bf16LatentCache).
-  if (c.bf16() && !AmxAttention()) {
+  // Only the AMX-BF16 and AVX2 kernels at bf16 precision read bf16 rows (Bf16LatentCache).
+  if (c.bf16() && !Bf16LatentCache()) {
     if (g_log_budget.fetch_sub(1) > 0)
-      Log(LogLevel::kError, "cpu backend: MlaAttention got a bf16 latent cache, which only its AMX-BF16 kernels read");
+      Log(LogLevel::kError,
+          "cpu backend: MlaAttention got a bf16 latent cache, which only its AMX-BF16 and AVX2 kernels read at bf16 "
+          "precision");
     return;
   }
   const int64_t T = a.n_tokens, H = a.n_heads, R = c.kv_rank;

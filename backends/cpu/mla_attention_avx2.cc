@@ -9,7 +9,8 @@
 // horizontal sums are needed; an online softmax per block; then the probability-weighted rows for 4
 // heads × 16 latents per register tile (the values path: one head's value rows, 64 wide per tile).
 // At bf16 precision (round) the inputs are rounded to bf16 as the AMX kernels and the reference
-// backend round them: queries, the block's rows (once, into scratch), value rows and each
+// backend round them: queries, the block's rows (once, into scratch; a bf16 cache's rows are widened
+// there instead, the same values), value rows and each
 // probability, relative to the running max of its block (the AMX kernels' blocks: 128 keys on the
 // latent path, 64 on the values path).
 //
@@ -208,12 +209,23 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
     for (int64_t j = 0; j < nb; ++j) {
+      float* dst = sc.block.data() + j * W;
+      if (a.cache.pool_bf16) {  // bf16 rows: widened exactly (they are already the rounded values)
+        const uint16_t* row = a.cache.RowBf16(pages, j0 + b0 + j);
+        int64_t c = 0;
+        for (; c + 8 <= W; c += 8) {
+          const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        }
+        for (; c < W; ++c) dst[c] = Bf16ToF32(row[c]);
+        sc.rows[j] = dst;
+        continue;
+      }
       const float* row = a.cache.Row(pages, j0 + b0 + j);
       if (!kRound) {
         sc.rows[j] = row;
         continue;
       }
-      float* dst = sc.block.data() + j * W;
       for (int64_t c = 0; c < W; c += 8) Store8(dst + c, W - c, RoundBf16x8(Load8(row + c, W - c)));
       sc.rows[j] = dst;
     }
@@ -283,11 +295,11 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
 #undef MOERUN_AVX2
 
 // Scratch for H heads and rows of W; false (logged) when it could not be allocated.
-bool Prepare(Scratch& sc, int64_t H, int64_t W, bool round, int64_t n) {
+bool Prepare(Scratch& sc, int64_t H, int64_t W, bool copy_rows, int64_t n) {
   const int64_t groups = (H + 7) / 8;
   try {
     sc.qt.resize(static_cast<size_t>(groups * W * 8));
-    if (round) sc.block.resize(static_cast<size_t>(kBlock * W));
+    if (copy_rows) sc.block.resize(static_cast<size_t>(kBlock * W));
     sc.st.resize(static_cast<size_t>(kBlock * groups * 8));
     sc.max.resize(static_cast<size_t>(groups * 8));
     sc.sum.resize(static_cast<size_t>(groups * 8));
@@ -304,7 +316,8 @@ thread_local Scratch tls_scratch;
 }  // namespace
 
 bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p) {
-  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round, j1 - j0)) return false;
+  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round || a.cache.bf16(), j1 - j0))
+    return false;
   (round ? Attend<true, false> : Attend<false, false>)(tls_scratch, a, t, j0, j1 - j0, p);
   return true;
 }
@@ -315,7 +328,7 @@ bool AttendValues(const MlaAttentionArgs& a, int64_t t, bool round) {
     std::fill(a.out + t * a.n_heads * a.v_dim, a.out + (t + 1) * a.n_heads * a.v_dim, 0.0f);
     return true;
   }
-  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round, n)) return false;
+  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round || a.cache.bf16(), n)) return false;
   (round ? Attend<true, true> : Attend<false, true>)(tls_scratch, a, t, 0, n, Partial{});
   return true;
 }

@@ -145,7 +145,7 @@ typedef struct moerun_model_info {
   int32_t bos_token_id;       /* -1 if unknown */
   int32_t eos_token_id;       /* -1 if unknown */
   uint64_t kv_bytes_per_token; /* latent KV cache bytes per token, all layers (bf16 rows, half
-                                  of f32, where bf16 attention runs on AMX-BF16) */
+                                  of f32, where bf16 attention runs on AMX-BF16 or AVX2) */
   uint64_t weight_bytes;      /* bytes of the weight area in the file */
   uint32_t has_mtp;           /* the file carries a multi-token-prediction module (not run yet) */
   moerun_precision precision; /* the precision the model runs at (never AUTO) */

@@ -1,6 +1,7 @@
 // The bf16 latent KV cache (Backend::Bf16LatentCache): what the cache stores, that the CPU backend's
 // attention reads bf16 rows to the same bits as f32 rows holding the same values, that only the
-// AMX-BF16 kernels accept them, and what a session built on it reports and computes.
+// AMX-BF16 and AVX2 kernels at bf16 precision accept them, and what a session built on it reports and
+// computes.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -103,10 +104,27 @@ std::vector<float> Attend(const cpu::CpuBackend& be, const ValuesCase& c, const 
   return out;
 }
 
-void ExpectSameBits(const ValuesCase& c, bool values, const std::string& what) {
+// The CPU feature sets whose bf16 attention reads bf16 rows on this machine: as detected (AMX-BF16 or
+// AVX2 kernels), and without AVX-512 (the AVX2 kernels, also on a machine with AMX).
+struct FeatureSets {
+  cpu::CpuFeatures set[2];
+  int n = 0;
+};
+FeatureSets Bf16RowFeatures() {
+  FeatureSets out;
+  const cpu::CpuFeatures detected = cpu::CpuFeatures::Detect();
+  if (cpu::CpuBackend(Precision::kBF16, detected).Bf16LatentCache()) out.set[out.n++] = detected;
+  if (detected.avx512 && detected.avx2) {
+    out.set[out.n] = detected;
+    out.set[out.n++].avx512 = false;
+  }
+  return out;
+}
+
+void ExpectSameBits(const cpu::CpuFeatures& features, const ValuesCase& c, bool values, const std::string& what) {
   ValuesCase rounded = c;
   const std::vector<uint16_t> rows = RoundPool(&rounded);
-  const cpu::CpuBackend be(Precision::kBF16, cpu::CpuFeatures::Detect());
+  const cpu::CpuBackend be(Precision::kBF16, features);
   ASSERT_TRUE(be.Bf16LatentCache());
   const std::vector<float> from_f32 = Attend(be, rounded, nullptr, values);
   const std::vector<float> from_bf16 = Attend(be, rounded, rows.data(), values);
@@ -118,36 +136,46 @@ void ExpectSameBits(const ValuesCase& c, bool values, const std::string& what) {
 }
 
 TEST(Bf16KvCache, CpuAttentionReadsBf16RowsAsTheSameValuesInF32) {
-  if (!HaveAmxBf16()) return;
-  std::mt19937 rng(61);
-  // Latent path: decode at long context (spans across threads), a chunk of two interleaved
-  // sequences (units of tokens), and rows of 48 (not a multiple of 32: the masked tail).
-  ExpectSameBits(MakeValuesCase(16, 512, 64, 1, 64, {4500}, {0}, true, rng), false, "decode at 4501 keys");
-  ExpectSameBits(MakeValuesCase(16, 512, 64, 1, 64, {1000, 30}, {0, 1, 0, 1, 0, 0, 0, 1}, true, rng), false, "chunk");
-  ExpectSameBits(MakeValuesCase(5, 40, 8, 1, 7, {150}, {0, 0, 0}, true, rng), false, "5 heads, rows of 48");
-  // Values path: a prompt after a few cached keys, and the small odd shapes.
-  ExpectSameBits(MakeValuesCase(16, 512, 64, 128, 64, {40, 0}, {0, 0, 1, 0, 1, 1, 1, 0}, true, rng), true, "values");
-  ExpectSameBits(MakeValuesCase(5, 40, 8, 16, 7, {9}, std::vector<int32_t>(20, 0), true, rng), true,
-                 "values, rows of 48");
+  const FeatureSets sets = Bf16RowFeatures();
+  if (sets.n == 0) GTEST_SKIP() << "no AMX-BF16 or AVX2: the CPU backend keeps an f32 cache";
+  for (int i = 0; i < sets.n; ++i) {
+    const cpu::CpuFeatures& f = sets.set[i];
+    SCOPED_TRACE(f.avx512 ? "as detected" : "AVX2 kernels");
+    std::mt19937 rng(61);
+    // Latent path: decode at long context (spans across threads), a chunk of two interleaved
+    // sequences (units of tokens), and rows of 48 (not a multiple of 32: the masked tail).
+    ExpectSameBits(f, MakeValuesCase(16, 512, 64, 1, 64, {4500}, {0}, true, rng), false, "decode at 4501 keys");
+    ExpectSameBits(f, MakeValuesCase(16, 512, 64, 1, 64, {1000, 30}, {0, 1, 0, 1, 0, 0, 0, 1}, true, rng), false,
+                   "chunk");
+    ExpectSameBits(f, MakeValuesCase(5, 40, 8, 1, 7, {150}, {0, 0, 0}, true, rng), false, "5 heads, rows of 48");
+    // Values path: a prompt after a few cached keys, and the small odd shapes.
+    ExpectSameBits(f, MakeValuesCase(16, 512, 64, 128, 64, {40, 0}, {0, 0, 1, 0, 1, 1, 1, 0}, true, rng), true,
+                   "values");
+    ExpectSameBits(f, MakeValuesCase(5, 40, 8, 16, 7, {9}, std::vector<int32_t>(20, 0), true, rng), true,
+                   "values, rows of 48");
+  }
 }
 
-TEST(Bf16KvCache, OnlyTheAmxKernelsReadBf16Rows) {
+TEST(Bf16KvCache, OnlyTheAmxAndAvx2KernelsReadBf16Rows) {
   const cpu::CpuFeatures detected = cpu::CpuFeatures::Detect();
   const cpu::CpuBackend f32(Precision::kF32, detected);
   EXPECT_FALSE(f32.Bf16LatentCache());
   cpu::CpuFeatures scalar = detected;
   scalar.avx512 = false;
+  scalar.avx2 = false;
   EXPECT_FALSE(cpu::CpuBackend(Precision::kBF16, scalar).Bf16LatentCache());
   EXPECT_EQ(cpu::CpuBackend(Precision::kBF16, detected).Bf16LatentCache(),
-            detected.avx512 && cpu::q8::DetectSupport().amx_bf16);
+            (detected.avx512 && cpu::q8::DetectSupport().amx_bf16) || detected.avx2);
   // A bf16 cache given to a kernel that reads f32 rows: an error (logged), nothing written.
   std::mt19937 rng(62);
   ValuesCase c = MakeValuesCase(4, 32, 8, 8, 16, {20}, {0, 0}, false, rng);
   const std::vector<uint16_t> rows = RoundPool(&c);
-  for (bool values : {false, true}) {
-    const std::vector<float> out = Attend(f32, c, rows.data(), values);
-    for (float x : out) ASSERT_EQ(x, test::kSentinel) << (values ? "values path" : "latent path");
-  }
+  const cpu::CpuBackend scalar_bf16(Precision::kBF16, scalar);
+  for (const cpu::CpuBackend* be : {&f32, &scalar_bf16})
+    for (bool values : {false, true}) {
+      const std::vector<float> out = Attend(*be, c, rows.data(), values);
+      for (float x : out) ASSERT_EQ(x, test::kSentinel) << (values ? "values path" : "latent path");
+    }
   // Neither or both pools: invalid.
   MlaAttentionArgs a = c.Args();
   std::vector<float> out(c.T * c.H * c.R, test::kSentinel);
@@ -214,7 +242,8 @@ TEST(Bf16KvCache, SessionReportsAndUsesIt) {
   const ModelConfig& c = m->config();
   const uint64_t per_value = m->backend().Bf16LatentCache() ? 2 : 4;
   EXPECT_EQ(m->kv_bytes_per_token(), uint64_t{c.num_layers} * c.kv_cache_width() * per_value);
-  EXPECT_EQ(per_value, HaveAmxBf16() && cpu::CpuFeatures::Detect().avx512 ? 2u : 4u);
+  const cpu::CpuFeatures f = cpu::CpuFeatures::Detect();
+  EXPECT_EQ(per_value, (HaveAmxBf16() && f.avx512) || f.avx2 ? 2u : 4u);
   const std::shared_ptr<Model> f32 = LoadTiny(Precision::kF32);
   ASSERT_NE(f32, nullptr);
   EXPECT_EQ(f32->kv_bytes_per_token(), uint64_t{c.num_layers} * c.kv_cache_width() * 4);
