@@ -53,6 +53,8 @@ class ModelFile {
   const fb::Model* graph() const { return graph_; }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   uint64_t file_size() const { return size_; }
+  // The whole file as mapped (or the caller's buffer).
+  const uint8_t* data() const { return base_; }
   uint64_t weights_size() const { return weights_size_; }
   uint32_t format_version() const { return format_version_; }
 

@@ -127,13 +127,14 @@ TEST(Cli, BenchPrintsFigures) {
                           "\"gemm_peak_probe_bf16_gflop_per_s\"", "\"gemm_peak_probe_int8_gop_per_s\"",
                           "\"fraction_of_gemm_peak\"", "\"fraction_of_adjacent_gemm_probe\"", "\"fraction_of_roofline\"",
                           "\"weight_bytes\"", "\"fraction_of_bandwidth\"", "\"fraction_of_adjacent_bandwidth_probe\"",
-                          "\"time_to_first_token_s\"", "\"file_read_s\"", "\"peak_rss_mib\"",
+                          "\"time_to_first_token_s\"", "\"file_read_s\"", "\"peak_rss_mib\"", "\"file_2mib_page_share\"",
                           "\"active_weight_bytes_per_token\"", "\"weight_bytes_per_step\"", "\"batch\": 2", "\"context\": 20", "\"context_prefill\""})
     EXPECT_NE(r.out.find(key), std::string::npos) << key << " missing in " << r.out;
   const Result text =
       RunCli("bench " + model + " --prompt 8 --gen 2 --repeat 1 --probe-mib 32 --threads 1 --precision bf16");
   ASSERT_EQ(text.code, 0) << text.out;
   EXPECT_NE(text.out.find("decode batch 1"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("mapped with 2 MiB pages: "), std::string::npos) << text.out;
   // The KV bytes it counts are the session's (bf16 rows where the backend keeps them so).
   moerun_model_options mo;
   moerun_model_options_init(&mo);

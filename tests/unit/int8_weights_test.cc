@@ -126,6 +126,13 @@ TEST_P(Int8ConvertTest, EveryWeightWithinHalfAStepOfF32Conversion) {
   auto f32f = ModelFile::Open(Convert(fx, convert::WeightsMode::kF32, dir.path()), vo);
   ASSERT_TRUE(q8f.ok()) << q8f.status().message();
   ASSERT_TRUE(f32f.ok()) << f32f.status().message();
+  // A file of 2 MiB or more is mapped at a 2 MiB boundary, so that the page cache can back it with
+  // 2 MiB pages (the checksums above read it all through that mapping).
+  for (const ModelFile* f : {q8f.value().get(), f32f.value().get()}) {
+    if (f->file_size() >= (uint64_t{2} << 20)) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(f->data()) % (uintptr_t{2} << 20), 0u);
+    }
+  }
   std::map<std::string, const TensorInfo*> ref;
   for (const TensorInfo& t : (*f32f)->tensors()) ref[t.name] = &t;
   int packed = 0;
