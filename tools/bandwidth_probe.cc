@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -57,9 +58,15 @@ uint64_t SumScalar(const uint8_t* p, size_t bytes) {
 }  // namespace
 
 double ReadBandwidth(int threads, size_t bytes) {
-  bytes = bytes / 4096 * 4096;
-  uint8_t* buf = static_cast<uint8_t*>(std::aligned_alloc(4096, bytes));
+  // 2 MiB pages, as the model's weights get (runtime/format/model_file.cc): through 4 KiB pages the
+  // same reads ran ~20% slower on the AMD EPYC host, which would understate the floor.
+  constexpr size_t kHuge = size_t{2} << 20;
+  bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+  uint8_t* buf = static_cast<uint8_t*>(std::aligned_alloc(kHuge, bytes));
   if (!buf) return 0.0;
+#if defined(MADV_HUGEPAGE)
+  (void)madvise(buf, bytes, MADV_HUGEPAGE);  // before the first touch below
+#endif
   uint64_t (*sum)(const uint8_t*, size_t) = __builtin_cpu_supports("avx512f") ? SumAvx512
                                             : __builtin_cpu_supports("avx2")  ? SumAvx2
                                                                                : SumScalar;
