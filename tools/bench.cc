@@ -229,7 +229,9 @@ class Bench {
     std::vector<std::vector<double>> decode_adjacent(o_.batches.size());
     for (int64_t r = 0; r < o_.repeat; ++r) {
       const int max_batch = *std::max_element(o_.batches.begin(), o_.batches.end());
-      moerun_session* s = NewSession(threads, static_cast<uint32_t>(max_batch * (o_.prompt + o_.gen + 1)), max_batch);
+      // Room for the prefill, or for every sequence's short decode prompt and its generated tokens.
+      const int64_t per_sequence = std::max(o_.prompt, int64_t{kDecodePrompt} + o_.gen);
+      moerun_session* s = NewSession(threads, static_cast<uint32_t>(max_batch * per_sequence), max_batch);
       if (!s) return Fail(err, "creating session");
       // This host's speed drifts over minutes, so each prefill is judged against GEMM probes taken
       // right before and right after it, the faster of the two (the once-per-run probe above is
@@ -258,16 +260,16 @@ class Bench {
         // Every sequence starts from the same short prompt, then all decode together, one token each.
         std::vector<int32_t> seq(static_cast<size_t>(B));
         for (int b = 0; b < B && ok; ++b) {
-          std::vector<int32_t> sid(8, b);
-          ok = Decode(s, ids.data(), 8, sid.data());
+          std::vector<int32_t> sid(kDecodePrompt, b);
+          ok = Decode(s, ids.data(), kDecodePrompt, sid.data());
         }
-        std::vector<int32_t> toks(static_cast<size_t>(B), ids[8]);
+        std::vector<int32_t> toks(static_cast<size_t>(B), ids[kDecodePrompt]);
         for (int b = 0; b < B; ++b) seq[b] = b;
         double step_bytes = 0.0;  // weight bytes the steps read, from the experts they ran
         double elapsed = 0.0;
         // A different token every step, so routing varies as in generation.
         for (int64_t g = 0; g < o_.gen && ok; ++g) {
-          for (int b = 0; b < B; ++b) toks[b] = ids[static_cast<size_t>(9 + g + 3 * b) % ids.size()];
+          for (int b = 0; b < B; ++b) toks[b] = ids[static_cast<size_t>(kDecodePrompt + 1 + g + 3 * b) % ids.size()];
           ok = ExpertCounts(s, &counts_before_);
           const double d0 = Now();
           ok = ok && Decode(s, toks.data(), static_cast<uint32_t>(B), seq.data());
@@ -358,10 +360,10 @@ class Bench {
       // routed expert the batch's tokens chose (from the session's expert counts).
       const double gbps = d.median / o_.batches[bi] * step_bytes.median / 1e9;
       std::snprintf(buf, sizeof(buf),
-                    "%s{\"batch\": %d, \"context\": 8, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
+                    "%s{\"batch\": %d, \"context\": %u, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
                     "\"weight_bytes_per_step\": %.0f, \"weight_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f, "
                     "\"fraction_of_adjacent_bandwidth_probe\": %s}",
-                    bi ? ", " : "", o_.batches[bi], Json(d).c_str(), 1e3 * o_.batches[bi] / d.median,
+                    bi ? ", " : "", o_.batches[bi], kDecodePrompt, Json(d).c_str(), 1e3 * o_.batches[bi] / d.median,
                     step_bytes.median, gbps, gbps * 1e9 / bw, Json(adj).c_str());
       *out += buf;
       std::snprintf(buf, sizeof(buf),
@@ -438,6 +440,8 @@ class Bench {
   }
 
   static constexpr int64_t kContextChunk = 512;
+  // Each sequence of the decode runs starts from this many prompt tokens.
+  static constexpr uint32_t kDecodePrompt = 8;
 
   static bool Decode(moerun_session* s, const int32_t* toks, uint32_t n, const int32_t* seq_ids) {
     moerun_batch b;
