@@ -6,7 +6,7 @@
 // KiB at kv_rank 512, L2-resident while every head group uses them; the AMX latent kernel's blocks,
 // so both round the probabilities relative to the same running max); scores with the queries stored
 // transposed per group of 8 heads, so each key element is broadcast into one FMA for 8 heads and no
-// horizontal sums are needed; an online softmax per block; then the probability-weighted rows for 4
+// horizontal sums are needed; an online softmax per block; then the probability-weighted rows for 6
 // heads × 16 latents per register tile (the values path: one head's value rows, 64 wide per tile).
 // At bf16 precision (round) the inputs are rounded to bf16 as the AMX kernels and the reference
 // backend round them: queries, the block's rows (once, into scratch; a bf16 cache's rows are widened
@@ -30,6 +30,7 @@ namespace {
 constexpr int64_t kBlock = amx::kLatentKeyBlock;        // keys per block, latent path
 constexpr int64_t kValuesBlock = amx::kKeyBlock;         // and values path
 static_assert(kValuesBlock <= kBlock, "scratch is sized for kBlock keys");
+constexpr int kTileHeads = 6;  // heads per register tile of the latent path's weighted sum
 
 #define MOERUN_AVX2 __attribute__((target("avx2,fma")))
 
@@ -123,8 +124,9 @@ MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const float* const* rows
   for (; j < nb; ++j) Scores<NG, 1>(qt, W, rows + j, scale, st + j * ldst, ldst);
 }
 
-// out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= 4); kFull: all 16 lanes
-// inside R (no masks), else lanes past R masked.
+// out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= kTileHeads); kFull: all
+// 16 lanes inside R (no masks), else lanes past R masked. Six heads keep 12 accumulators in flight
+// (two FMA pipes of 4 cycles' latency need 8) and load 8 vectors per 12 FMAs (4 heads: 6 per 8).
 template <int NH, bool kFull>
 MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* rows, int64_t nb, int64_t i0,
                             int64_t R, float* out) {
@@ -133,21 +135,21 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* r
     return kFull ? _mm256_loadu_ps(x + 8 * k) : _mm256_maskload_ps(x + 8 * k, k == 0 ? m0 : m1);
   };
   __m256 acc[NH][2];
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int h = 0; h < NH; ++h) {
     acc[h][0] = load(out + h * R + i0, 0);
     acc[h][1] = load(out + h * R + i0, 1);
   }
   for (int64_t j = 0; j < nb; ++j) {
     const __m256 r0 = load(rows[j] + i0, 0), r1 = load(rows[j] + i0, 1);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int h = 0; h < NH; ++h) {
       const __m256 e = _mm256_broadcast_ss(st + j * ldst + h);
       acc[h][0] = _mm256_fmadd_ps(e, r0, acc[h][0]);
       acc[h][1] = _mm256_fmadd_ps(e, r1, acc[h][1]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int h = 0; h < NH; ++h) {
     Store8(out + h * R + i0, R - i0, acc[h][0]);
     Store8(out + h * R + i0 + 8, R - i0 - 8, acc[h][1]);
@@ -271,12 +273,15 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
     }
     // Latent slices outer, so that a slice of the block's rows stays in L1 across the heads.
     for (int64_t i0 = 0; i0 < R; i0 += 16)
-      for (int64_t h = 0; h < H; h += 4) {
-        switch (std::min<int64_t>(4, H - h)) {
-          case 1: AccumulateHeads<1>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
-          case 2: AccumulateHeads<2>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
-          case 3: AccumulateHeads<3>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
-          default: AccumulateHeads<4>(st + h, ldst, sc.rows.data(), nb, i0, R, p.out + h * R); break;
+      for (int64_t h = 0; h < H; h += kTileHeads) {
+        const float* const* rows = sc.rows.data();
+        switch (std::min<int64_t>(kTileHeads, H - h)) {
+          case 1: AccumulateHeads<1>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
+          case 2: AccumulateHeads<2>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
+          case 3: AccumulateHeads<3>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
+          case 4: AccumulateHeads<4>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
+          case 5: AccumulateHeads<5>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
+          default: AccumulateHeads<kTileHeads>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
         }
       }
   }

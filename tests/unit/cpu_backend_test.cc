@@ -468,6 +468,7 @@ TEST(CpuBackendOps, MlaAttentionMatchesReference) {
   std::mt19937 rng(10);
   CheckAttention(MakeAttention(5, 16, {1, 17, 100, 300}, rng));
   CheckAttention(MakeAttention(3, 16, {65}, rng));
+  CheckAttention(MakeAttention(13, 16, {40}, rng));  // register tiles of 6, 6 and 1 heads (AVX2)
   CheckAttention(MakeAttention(4, 16, {600, 1}, rng));  // decode-sized: keys split into merged spans
 }
 
