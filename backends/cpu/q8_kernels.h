@@ -15,8 +15,9 @@
 // Weights are read in place: nothing here allocates or repacks them.
 //
 // Threading: the Linear kernels split panels between OpenMP threads when the matrix is big enough
-// (VNNI and f32: contiguous per-thread ranges; AMX: chunks taken in turn); called inside an outer
-// parallel region they run on the calling thread (nested parallelism stays off).
+// (VNNI and AVX2: contiguous runs claimed in turn; f32: contiguous per-thread ranges; AMX: chunks
+// taken in turn); called inside an outer parallel region they run on the calling thread (nested
+// parallelism stays off).
 #pragma once
 
 #include <cstdint>
@@ -104,9 +105,10 @@ struct Int8Args {
 };
 Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
                       int64_t ldy);
-// Runs range(a, M, p0, p1) on contiguous panel ranges [p0, p1), one per OpenMP thread, so that each
-// thread streams its own share of the weights exactly once; on the calling thread alone below 64 KiB
-// of weights (waking the team would cost more). For the VNNI and AVX2 kernels.
+// Runs range(a, M, p0, p1) on contiguous panel ranges [p0, p1) that the OpenMP threads claim in turn
+// (each a share of what is left, at least 128 KiB of weights), so that every panel is streamed exactly
+// once and a faster thread takes more; on the calling thread alone below 64 KiB of weights (waking
+// the team would cost more). For the VNNI and AVX2 kernels.
 using PanelRangeFn = void (*)(const Int8Args& a, int64_t M, int64_t p0, int64_t p1);
 void SplitPanels(const Int8Args& a, int64_t M, PanelRangeFn range);
 

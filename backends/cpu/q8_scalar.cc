@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "backends/cpu/q8_kernels.h"
@@ -95,10 +96,24 @@ Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, co
 
 void SplitPanels(const Int8Args& a, int64_t M, PanelRangeFn range) {
   const int64_t P = (a.N + kPanelRows - 1) / kPanelRows;
+  // Threads claim contiguous runs of panels, each a 1/(2T) share of what is left but at least
+  // kMinChunkBytes of weights: the cores of a shared host stream at different speeds, and equal
+  // halves left the faster one waiting at every matrix's end.
+  constexpr int64_t kMinChunkBytes = int64_t{1} << 17;
+  const int64_t min_chunk = std::max<int64_t>(1, kMinChunkBytes / std::max<int64_t>(a.panel_bytes, 1));
+  std::atomic<int64_t> next{0};
 #pragma omp parallel if (P * a.panel_bytes >= kMinParallelBytes)
   {
-    const int64_t T = omp_get_num_threads(), id = omp_get_thread_num();
-    range(a, M, P * id / T, P * (id + 1) / T);
+    const int64_t T = omp_get_num_threads();
+    int64_t p0 = next.load(std::memory_order_relaxed), n = 0;
+    for (;;) {
+      do {
+        n = std::max(min_chunk, (P - p0) / (2 * T));
+      } while (p0 < P && !next.compare_exchange_weak(p0, p0 + n, std::memory_order_relaxed));
+      if (p0 >= P) break;
+      range(a, M, p0, std::min(P, p0 + n));
+      p0 = next.load(std::memory_order_relaxed);
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 // Q8_PANEL kernels (backends/cpu/q8_kernels.h) against straightforward implementations of their
 // semantics written here from the format's definition (runtime/core/q8_panel.h).
 #include <gtest/gtest.h>
+#include <omp.h>
+
 
 #include <algorithm>
 #include <cmath>
@@ -239,6 +241,31 @@ TEST(Q8Kernels, Int8PathsMatchDefinition) {
         }
       }
     }
+}
+
+// Matrices of many claimed runs of panels (SplitPanels: shares of what is left, at least 128 KiB of
+// weights each, an odd panel last), split between two threads: every output computed once, from the
+// right panels, on every path that splits (AVX2, VNNI) and the others alike.
+TEST(Q8Kernels, PanelRunsSplitBetweenThreadsMatchDefinition) {
+  std::mt19937 rng(12);
+  const int64_t N = 4100, K = 256;  // 257 panels of ~4 KiB
+  const Q8Weight w = RandomWeight(N, K, rng);
+  for (int64_t M : {1, 3}) {
+    const std::vector<float> x = RandomActivations(M, K, rng);
+    const Quantized a = Quantize(x, K, M, K, false);
+    const std::vector<float> want = ReferenceInt8(w, a.b, M);
+    for (Int8Path path : AvailablePaths()) {
+      SCOPED_TRACE(std::string(PathName(path)) + " M " + std::to_string(M));
+      Output out(N, M);
+      const int threads = omp_get_max_threads();
+      omp_set_num_threads(2);
+      LinearInt8On(path, w.view(), a.b.xq, a.b.xs, a.b.xsum, M, out.y.data(), out.ld);
+      omp_set_num_threads(threads);
+      out.ExpectGuardsIntact();
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < N; ++r) ASSERT_EQ(out.At(m, r), want[m * N + r]) << m << "," << r;
+    }
+  }
 }
 
 // Largest products: every activation ±127 and weight bytes at both ends, including byte 0 (q = -128,
