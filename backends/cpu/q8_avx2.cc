@@ -3,27 +3,27 @@
 // 8-layer int8 decode step took 1424 ms on a 2-core AMD EPYC host, ~31 ms with them.
 //
 // AVX2 has no unsigned × signed byte dot product that cannot saturate on these bytes (vpmaddubsw
-// adds two products in 16 bits, and 2·255·127 does not fit). For several activation rows the bytes
-// are therefore widened to 16 bits: a panel quad (16 rows × 4 columns, 64 bytes) is four vpmovzxbw
-// loads of 4 rows × 4 columns each, and an activation row's 4 int8 values of that quad, widened and
-// repeated, meet each of them in a vpmaddwd: two int32 partial sums per weight row (columns 0-1 and
-// 2-3), added pairwise once per 128-column group; isum = Σ (q+128)·x − 128·Σx.
-// Every path's integer sums are exact and the group step is the scalar kernel's,
-// fma(float(isum), sw·xs, acc) in group order, so every output is bit-identical to LinearInt8Scalar.
+// adds two products in 16 bits, and 2·255·127 does not fit). Both kernels therefore take the signed
+// route: offset-binary bytes XOR 0x80 are the signed q, and vpmaddubsw(|q|, sign(x, q)) gives q·x
+// pairs exactly (|q| <= 128 as an unsigned byte, |x| <= 127, so a pair is at most 2·128·127 < 2^15
+// and cannot saturate, even for a q of -128 that the converter never writes); vpmaddwd with ones
+// then sums each weight row's four columns of a quad. A panel quad (16 rows × 4 columns, 64 bytes)
+// is two 32-byte vectors of 8 rows each, and an activation row's 4 int8 values of that quad,
+// broadcast to every 32-bit lane, meet both: no horizontal sums. The integer sums are exact and the
+// group step is the scalar kernel's, fma(float(isum), sw·xs, acc) in group order, so every output is
+// bit-identical to LinearInt8Scalar.
 //
-// Decode (one activation row) takes another route, with no widening: offset-binary bytes XOR 0x80
-// are the signed q, and vpmaddubsw(|q|, sign(x, q)) gives q·x pairs exactly (|q| <= 128 as an
-// unsigned byte, |x| <= 127, so a pair is at most 2·128·127 < 2^15 and cannot saturate, even for a
-// q of -128 that the converter never writes). vpmaddwd with ones then sums each row's four columns.
-// One panel at a time and no software prefetch: on the AMD EPYC host one stream per thread read at
-// 28 GB/s against the read probe's 30, two interleaved panels (the previous tile) at 19 and the
-// widening kernel at 26, and every prefetch distance tried (512 B to 16 KiB, L1, L2 or NTA) lowered
-// it (medians of 11 runs over 512 MiB of panels, one thread).
+// Decode (one activation row): one panel at a time and no software prefetch: on the AMD EPYC host
+// one stream per thread read at 28 GB/s against the read probe's 30, two interleaved panels (the
+// previous tile) at 19 and a kernel widening the bytes to 16 bits at 26, and every prefetch distance
+// tried (512 B to 16 KiB, L1, L2 or NTA) lowered it (medians of 11 runs over 512 MiB of panels, one
+// thread).
 //
-// Several rows (prefill, batched decode): two rows × one panel, the bytes widened to 16 bits once and
-// shared by both rows: 8 accumulators. Three rows (12 accumulators, 3 broadcasts and the weights fill
-// the register file) ran 8-12% slower; blocking the loops by group, so that the pairs of rows reuse
-// 2 KiB of panel from L1 rather than a whole 32 KiB panel (K 2048), gave nothing measurable.
+// Several rows (prefill, batched decode): four rows × one panel share each quad's q and |q|, 8
+// accumulators. The previous tile (bytes widened to 16 bits for vpmaddwd, two rows) ran at 54-81
+// GOP/s where this one ran at 91-98 (M 48 and 512, N 1408, K 2048, one thread on the AMD EPYC host;
+// medians of 9 runs interleaved with the other variants, in four runs). Two rows ran at 80-94, three
+// at 87-97, six like four.
 //
 // Compiled for the baseline ISA, with the kernels marked target("avx2,fma"): any inline function
 // from a shared header is then built generically, and only DetectSupport().avx2 lets them run.
@@ -41,46 +41,36 @@ using Args = Int8Args;
 
 #define MOERUN_AVX2 __attribute__((target("avx2,fma")))
 
-// Rows 0-7 (a = rows 0-3, b = rows 4-7, two partial sums per row) as 8 int32 sums in row order:
-// vphaddd gives [r0 r1 r4 r5 | r2 r3 r6 r7], vpermq puts the 64-bit pairs in order.
-MOERUN_AVX2 inline __m256i RowSums(__m256i a, __m256i b) {
-  return _mm256_permute4x64_epi64(_mm256_hadd_epi32(a, b), 0xD8);
-}
-
-// The offset-binary sums of one 128-column group: activation rows 0..MR (row stride xstride) against
-// quads [j0, j1) of a panel, as sums[2m] = weight rows 0-7 and sums[2m + 1] = rows 8-15 of row m.
-// Not inlined, so that its loop has the whole register file (8 accumulators, 2 activation
-// broadcasts, the weights): inlined into the tile, with the tile's f32 accumulators live across it,
-// GCC spilled an accumulator to the stack on every iteration and the kernel ran 25-35% slower (M 48
-// and 512 rows, N 1408, K 2048, one thread on the AMD EPYC host).
+// The exact sums of one 128-column group: activation rows 0..MR (row stride xstride) against quads
+// [j0, j1) of a panel, as sums[2m] = weight rows 0-7 and sums[2m + 1] = rows 8-15 of row m.
+// Not inlined, so that its loop has the whole register file (8 accumulators, the quad's q and |q|, a
+// broadcast): inlined into the tile, with the tile's f32 accumulators live across it, GCC spilled an
+// accumulator to the stack on every iteration and the (previous) kernel ran 25-35% slower.
 template <int MR>
 MOERUN_AVX2 __attribute__((noinline)) void GroupSums(const uint8_t* panel, const int8_t* xq, int64_t xstride,
                                                      int64_t j0, int64_t j1, __m256i* sums) {
-  __m256i acc[MR][4];
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  __m256i acc[MR][2];
 #pragma GCC unroll 4
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) acc[m][k] = _mm256_setzero_si256();
+  for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
   for (int64_t j = j0; j < j1; ++j) {
-    __m256i xb[MR];
+    const uint8_t* q = panel + j * kQuadBytes;
+    const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), flip);
+    const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)), flip);
+    const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m) {
       int32_t x4;
       __builtin_memcpy(&x4, xq + m * xstride + 4 * j, 4);
-      xb[m] = _mm256_cvtepi8_epi16(_mm_set1_epi32(x4));  // x0 x1 x2 x3, four times
-    }
-    const uint8_t* q = panel + j * kQuadBytes;
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-      const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * k)));
-#pragma GCC unroll 4
-      for (int m = 0; m < MR; ++m) acc[m][k] = _mm256_add_epi32(acc[m][k], _mm256_madd_epi16(w, xb[m]));
+      const __m256i xb = _mm256_set1_epi32(x4);
+      acc[m][0] = _mm256_add_epi32(acc[m][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
+      acc[m][1] = _mm256_add_epi32(acc[m][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
     }
   }
 #pragma GCC unroll 4
   for (int m = 0; m < MR; ++m) {
-    sums[2 * m] = RowSums(acc[m][0], acc[m][1]);
-    sums[2 * m + 1] = RowSums(acc[m][2], acc[m][3]);
+    sums[2 * m] = acc[m][0];
+    sums[2 * m + 1] = acc[m][1];
   }
 }
 
@@ -99,12 +89,11 @@ MOERUN_AVX2 void Tile(const Args& a, int64_t m0, int64_t p) {
     const __m256 sw0 = _mm256_loadu_ps(sw), sw1 = _mm256_loadu_ps(sw + 8);
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m) {
-      const __m256i corr = _mm256_set1_epi32(128 * a.xsum[(m0 + m) * G + g]);
       const __m256 s = _mm256_set1_ps(a.xs[(m0 + m) * G + g]);
-      const __m256i lo = _mm256_sub_epi32(sums[2 * m], corr), hi = _mm256_sub_epi32(sums[2 * m + 1], corr);
-      _mm256_store_ps(out[m], _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(sw0, s), _mm256_load_ps(out[m])));
-      _mm256_store_ps(out[m] + 8,
-                      _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(sw1, s), _mm256_load_ps(out[m] + 8)));
+      _mm256_store_ps(out[m],
+                      _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[2 * m]), _mm256_mul_ps(sw0, s), _mm256_load_ps(out[m])));
+      _mm256_store_ps(out[m] + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[2 * m + 1]), _mm256_mul_ps(sw1, s),
+                                                  _mm256_load_ps(out[m] + 8)));
     }
   }
   // The last panel of an N that is not a multiple of 16: columns from N on stay untouched.
@@ -151,8 +140,8 @@ MOERUN_AVX2 void DecodeTile(const Args& a, int64_t p) {
   }
 }
 
-// Panels [p0, p1) for all M rows: the decode kernel for one row, pairs of rows against one panel
-// otherwise.
+// Panels [p0, p1) for all M rows: the decode kernel for one row, fours of rows against one panel
+// otherwise (the last one to three rows together).
 MOERUN_AVX2 void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
   if (M == 1) {
     for (int64_t p = p0; p < p1; ++p) DecodeTile(a, p);
@@ -160,8 +149,13 @@ MOERUN_AVX2 void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
   }
   for (int64_t p = p0; p < p1; ++p) {
     int64_t m = 0;
-    for (; m + 2 <= M; m += 2) Tile<2>(a, m, p);
-    if (m < M) Tile<1>(a, m, p);
+    for (; m + 4 <= M; m += 4) Tile<4>(a, m, p);
+    switch (M - m) {
+      case 3: Tile<3>(a, m, p); break;
+      case 2: Tile<2>(a, m, p); break;
+      case 1: Tile<1>(a, m, p); break;
+      default: break;
+    }
   }
 }
 

@@ -270,7 +270,7 @@ TEST(Q8Kernels, PanelRunsSplitBetweenThreadsMatchDefinition) {
 
 // Largest products: every activation ±127 and weight bytes at both ends, including byte 0 (q = -128,
 // which the converter never writes but a file may hold). A kernel that adds byte products in 16 bits
-// (the AVX2 decode kernel) must not saturate, and every path must still give the definition's bits.
+// (the AVX2 kernels) must not saturate, and every path must still give the definition's bits.
 TEST(Q8Kernels, Int8PathsExactAtExtremeBytes) {
   std::mt19937 rng(5);
   std::uniform_int_distribution<int> pick(0, 3);
@@ -283,7 +283,7 @@ TEST(Q8Kernels, Int8PathsExactAtExtremeBytes) {
     for (int8_t& v : w.q) v = extremes[pick(rng)];
     w.s.assign(w.N * Groups(K), 0.01f);
     Pack(w);
-    for (int64_t M : {1, 2, 3}) {
+    for (int64_t M : {1, 2, 3, 4, 7}) {
       std::vector<float> x(M * K);
       for (float& v : x) v = pick(rng) < 2 ? -1.0f : 1.0f;  // quantises to ±127 exactly
       const Quantized a = Quantize(x, K, M, K, false);
