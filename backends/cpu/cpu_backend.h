@@ -1,6 +1,7 @@
 // CPU backend: oneDNN matmul primitives (cached per shape) for f32 and bf16 GEMM, own AVX-512
 // kernels where oneDNN has nothing (bf16/f16/FP8 weights widened in registers for the f32 path),
-// OpenMP threads for every op, and scalar fallbacks when AVX-512 is absent.
+// OpenMP threads for every op; without AVX-512, AVX2 kernels (int8 linear, MLA attention, SiluMul)
+// and scalar fallbacks for the rest.
 #pragma once
 
 #include <memory>

@@ -39,6 +39,15 @@ float DotScalar(const float* a, const float* b, int64_t D) {
   return s;
 }
 
+// DotScalar's last steps for the vector paths: the tail columns [d, D) in order from 0, then the 16
+// lane sums in order.
+float FinishDot(const float* a, const float* b, int64_t d, int64_t D, const float* lanes) {
+  float s = 0.0f;
+  for (int64_t k = d; k < D; ++k) s += a[k] * b[k];
+  for (int k = 0; k < 16; ++k) s += lanes[k];
+  return s;
+}
+
 // The same operations with one AVX-512 register per lane set, 4 tokens × 4 experts at a time so
 // that each load feeds four products.
 template <int TB, int EB>
@@ -60,12 +69,7 @@ __attribute__((target("avx512f"))) void DotBlockAvx512(const float* x, int64_t D
     for (int j = 0; j < EB; ++j) {
       alignas(64) float lanes[16];
       _mm512_store_ps(lanes, acc[i][j]);
-      const float* a = x + (t0 + i) * D;
-      const float* b = router + (e0 + j) * D;
-      float s = 0.0f;
-      for (int64_t k = d; k < D; ++k) s += a[k] * b[k];
-      for (int k = 0; k < 16; ++k) s += lanes[k];
-      logits[(t0 + i) * E + e0 + j] = s;
+      logits[(t0 + i) * E + e0 + j] = FinishDot(x + (t0 + i) * D, router + (e0 + j) * D, d, D, lanes);
     }
 }
 
@@ -86,6 +90,53 @@ __attribute__((target("avx512f"))) void RouterLogitsAvx512(const float* x, int64
   }
 }
 
+// The same on AVX2: each set of 16 lanes is two 8-lane registers (lanes 0-7, 8-15); 2 tokens × 3
+// experts at a time (12 accumulators). Decode's router on a CPU without AVX-512 was otherwise the
+// scalar loop: ~1% of a prefill and of a decode step on the AMD EPYC host.
+template <int TB, int EB>
+__attribute__((target("avx2"))) void DotBlockAvx2(const float* x, int64_t D, const float* router, int64_t E,
+                                                  int64_t t0, int64_t e0, float* logits) {
+  __m256 acc[TB][EB][2];
+  for (int i = 0; i < TB; ++i)
+    for (int j = 0; j < EB; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    for (int h = 0; h < 2; ++h) {
+      __m256 b[EB];
+      for (int j = 0; j < EB; ++j) b[j] = _mm256_loadu_ps(router + (e0 + j) * D + d + 8 * h);
+      for (int i = 0; i < TB; ++i) {
+        const __m256 a = _mm256_loadu_ps(x + (t0 + i) * D + d + 8 * h);
+        for (int j = 0; j < EB; ++j) acc[i][j][h] = _mm256_add_ps(acc[i][j][h], _mm256_mul_ps(a, b[j]));
+      }
+    }
+  }
+  for (int i = 0; i < TB; ++i)
+    for (int j = 0; j < EB; ++j) {
+      alignas(32) float lanes[16];
+      _mm256_store_ps(lanes, acc[i][j][0]);
+      _mm256_store_ps(lanes + 8, acc[i][j][1]);
+      logits[(t0 + i) * E + e0 + j] = FinishDot(x + (t0 + i) * D, router + (e0 + j) * D, d, D, lanes);
+    }
+}
+
+__attribute__((target("avx2"))) void RouterLogitsAvx2(const float* x, int64_t T, int64_t D, const float* router,
+                                                      int64_t E, float* logits) {
+  const int64_t tb = (T + 1) / 2;
+#pragma omp parallel for schedule(static) if (T * E * D >= (1 << 20))
+  for (int64_t b = 0; b < tb; ++b) {
+    const int64_t t0 = 2 * b;
+    if (t0 + 2 <= T) {
+      int64_t e0 = 0;
+      for (; e0 + 3 <= E; e0 += 3) DotBlockAvx2<2, 3>(x, D, router, E, t0, e0, logits);
+      for (; e0 < E; ++e0) DotBlockAvx2<2, 1>(x, D, router, E, t0, e0, logits);
+    } else {
+      int64_t e0 = 0;
+      for (; e0 + 3 <= E; e0 += 3) DotBlockAvx2<1, 3>(x, D, router, E, t0, e0, logits);
+      for (; e0 < E; ++e0) DotBlockAvx2<1, 1>(x, D, router, E, t0, e0, logits);
+    }
+  }
+}
+
 }  // namespace
 
 void RouterLogitsScalar(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits) {
@@ -95,8 +146,8 @@ void RouterLogitsScalar(const float* x, int64_t T, int64_t D, const float* route
 }
 
 void RouterLogits(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  (avx512 ? RouterLogitsAvx512 : RouterLogitsScalar)(x, T, D, router, E, logits);
+  static const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
+  (avx512 ? RouterLogitsAvx512 : avx2 ? RouterLogitsAvx2 : RouterLogitsScalar)(x, T, D, router, E, logits);
 }
 
 void RouteToken(const ModelConfig& c, const float* logits, const float* bias, float* scratch, int32_t* experts,

@@ -14,10 +14,10 @@ void RouteToken(const ModelConfig& config, const float* logits, const float* bia
                 float* weights);
 
 // Router logits in fp32 for T tokens: logits[t, e] = Σ_d x[t, d] · router[e, d], summed in one fixed
-// order (16 lane sums, then the tail, then the lanes), so the AVX-512 path and the portable one give
+// order (16 lane sums, then the tail, then the lanes), so the AVX-512, AVX2 and portable paths give
 // the same bits. Parallel over tokens with OpenMP when T·E·D is large.
 void RouterLogits(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits);
-// The portable path (no AVX-512), for tests.
+// The portable path (neither AVX-512 nor AVX2), for tests.
 void RouterLogitsScalar(const float* x, int64_t T, int64_t D, const float* router, int64_t E, float* logits);
 
 }  // namespace moerun
