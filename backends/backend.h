@@ -100,6 +100,9 @@ struct MlaAttentionArgs {
   const float* const* values = nullptr;  // [T] or null
   int64_t v_dim = 0;
   int64_t v_head_stride = 0;  // floats
+  // Values path: true when every value is already a bf16 number (the caller rounded them once), so
+  // that a kernel which rounds values to bf16 at bf16 precision may skip that; false is always right.
+  bool values_bf16_exact = false;
 
   // The caller's choice of path for a batch of n_tokens whose tokens see `pairs` (token, key) pairs
   // in all (the sum of n_keys) and that would expand keys_to_expand keys (each sequence's keys up to

@@ -264,11 +264,15 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
       _mm256_storeu_ps(sc.max.data() + g * 8, new_max);
       _mm256_storeu_ps(sc.sum.data() + g * 8, sum);
     }
-    if (kValues) {  // per head: its value rows of the block
+    if (kValues) {  // per head: its value rows of the block, rounded unless they are bf16 already
+      const bool round_values = kRound && !a.values_bf16_exact;
       for (int64_t h = 0; h < H; ++h)
-        for (int64_t i0 = 0; i0 < dout; i0 += 64)
-          (i0 + 64 <= dout ? AccumulateValues<kRound, true> : AccumulateValues<kRound, false>)(
+        for (int64_t i0 = 0; i0 < dout; i0 += 64) {
+          const bool full = i0 + 64 <= dout;
+          (round_values ? (full ? AccumulateValues<true, true> : AccumulateValues<true, false>)
+                        : (full ? AccumulateValues<false, true> : AccumulateValues<false, false>))(
               st + h, ldst, a.values[t] + h * a.v_head_stride + (j0 + b0) * dout, dout, nb, i0, out + h * dout);
+        }
       continue;
     }
     // Latent slices outer, so that a slice of the block's rows stays in L1 across the heads.

@@ -181,6 +181,13 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
       const int64_t hg = std::min(per_pass, H - h0);
       float* v = Scratch(kAttnOut, hg * K * dv);  // [hg, K, dv]
       be.LinearBatch(head_views_.data() + h0, hg, keys, 0, R, K, v, K * dv, dv);
+      // bf16 precision rounds every value to bf16 where it is used, once per query token: rounded
+      // here once, the kernels may skip it (the same numbers: rounding twice changes nothing).
+      a.values_bf16_exact = be.precision() == Precision::kBF16;
+      if (a.values_bf16_exact) {
+#pragma omp parallel for schedule(static) if (hg * K * dv >= (1 << 18))
+        for (int64_t i = 0; i < hg * K * dv; ++i) v[i] = Bf16ToF32(F32ToBf16(v[i]));
+      }
       for (int64_t t = 0; t < T; ++t) token_values_[t] = v + seq_first[seq_of_[t]] * dv;
       a.n_heads = hg;
       if (hg == H) {

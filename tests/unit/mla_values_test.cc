@@ -112,6 +112,32 @@ TEST(MlaValuesPath, LongCachedContext) {
   CheckValuesCase(MakeValuesCase(16, 512, 64, 128, 64, {300}, std::vector<int32_t>(40, 0), false, rng), "long");
 }
 
+// At bf16 precision every value is rounded to bf16 where it is used; values that are bf16 numbers
+// already (MlaAttentionArgs::values_bf16_exact, as the session passes them) give the same bits when
+// the kernels skip that rounding, on every CPU variant and the reference.
+TEST(MlaValuesPath, Bf16ExactValuesGiveTheSameBits) {
+  std::mt19937 rng(26);
+  ValuesCase c = MakeValuesCase(16, 512, 64, 128, 64, {70}, std::vector<int32_t>(20, 0), false, rng);
+  for (float& v : c.values) v = Bf16ToF32(F32ToBf16(v));
+  auto run = [&](const Backend& be, bool exact) {
+    std::vector<float> got(c.T * c.H * c.dv, kSentinel);
+    MlaAttentionArgs a = c.Args();
+    a.values = c.token_values.data();
+    a.v_dim = c.dv;
+    a.v_head_stride = c.K * c.dv;
+    a.values_bf16_exact = exact;
+    a.out = got.data();
+    be.MlaAttention(a);
+    return got;
+  };
+  for (const CpuVariant& v : CpuVariants()) {
+    const cpu::CpuBackend be(Precision::kBF16, v.features);
+    EXPECT_EQ(run(be, true), run(be, false)) << v.name;
+  }
+  const reference::ReferenceBackend ref(Precision::kBF16);
+  EXPECT_EQ(run(ref, true), run(ref, false)) << "reference";
+}
+
 TEST(MlaValuesPath, TokenWithoutKeysGivesZeros) {
   std::mt19937 rng(24);
   ValuesCase c = MakeValuesCase(3, 48, 16, 24, 16, {0, 0}, {0, 0, 1, 1}, false, rng);
