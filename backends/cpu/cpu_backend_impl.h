@@ -80,6 +80,8 @@ class CpuBackend final : public Backend {
   void LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   bool SharesInt8Input(const WeightView* w, int64_t count, int64_t M, const float* x, int64_t ldx) const;
   q8::Int8Path Int8Kernel() const;
+  // q8::QuantizeActivations on the quantiser this backend's features allow (the same bytes on all).
+  void QuantizeInt8(const float* x, int64_t ldx, int64_t M, int64_t K, const q8::ActivationBuffers& b) const;
   const uint16_t* FindBf16Copy(const WeightView& w) const;
   const uint8_t* FindF8Flags(const WeightView& w) const;
   void PrepareF8Flags(const WeightView& w);

@@ -145,7 +145,7 @@ void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x,
   for (int64_t i = 0; shared && i < count; ++i) shared = M == 1 || ldy >= w[i].rows;
   if (shared) {
     const q8::ActivationBuffers a = ThreadActivations(2, M, w[0].cols);
-    q8::QuantizeActivations(x, ldx, M, w[0].cols, a.xq, a.xs, a.xsum);
+    QuantizeInt8(x, ldx, M, w[0].cols, a);
 #pragma omp parallel for schedule(dynamic, 1) if (across)
     for (int64_t i = 0; i < count; ++i)
       q8::LinearInt8On(Int8Kernel(), w[i], a.xq, a.xs, a.xsum, M, y + i * y_step, M == 1 ? w[i].rows : ldy);
@@ -210,10 +210,14 @@ void CpuBackend::LinearQ8(const WeightView& w, const float* x, int64_t ldx, int6
     return;
   }
   const q8::ActivationBuffers a = ThreadActivations(0, M, w.cols);
+  QuantizeInt8(x, ldx, M, w.cols, a);
+  q8::LinearInt8On(Int8Kernel(), w, a.xq, a.xs, a.xsum, M, y, ldy);
+}
+
+void CpuBackend::QuantizeInt8(const float* x, int64_t ldx, int64_t M, int64_t K, const q8::ActivationBuffers& b) const {
   (features_.avx512 ? q8::QuantizeActivations
    : features_.avx2 ? q8::avx2::QuantizeActivations
-                    : q8::QuantizeActivationsScalar)(x, ldx, M, w.cols, a.xq, a.xs, a.xsum);
-  q8::LinearInt8On(Int8Kernel(), w, a.xq, a.xs, a.xsum, M, y, ldy);
+                    : q8::QuantizeActivationsScalar)(x, ldx, M, K, b.xq, b.xs, b.xsum);
 }
 
 // True when Linear would run these weights on the int8 SIMD path with x quantised the same way for
@@ -237,7 +241,7 @@ void CpuBackend::LinearSameInput(const WeightView* w, int64_t count, const float
   }
   // One quantisation of x for all of them: the same bytes each Linear would have made.
   const q8::ActivationBuffers a = ThreadActivations(0, M, w[0].cols);
-  q8::QuantizeActivations(x, ldx, M, w[0].cols, a.xq, a.xs, a.xsum);
+  QuantizeInt8(x, ldx, M, w[0].cols, a);
   for (int64_t i = 0; i < count; ++i)
     q8::LinearInt8On(Int8Kernel(), w[i], a.xq, a.xs, a.xsum, M, y[i], M == 1 ? w[i].rows : ldy[i]);
 }
@@ -257,7 +261,7 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
   }
   const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
   const q8::ActivationBuffers all = ThreadActivations(2, a.T, D);
-  q8::QuantizeActivations(a.x, D, a.T, D, all.xq, all.xs, all.xsum);
+  QuantizeInt8(a.x, D, a.T, D, all);
   ForEachExpert(a.n_active, [&](int64_t i) {
     const int64_t o = a.begin[i], m = a.count[i];
     const q8::ActivationBuffers b = ThreadActivations(1, m, D);
