@@ -20,10 +20,11 @@
 // thread).
 //
 // Several rows (prefill, batched decode): four rows × one panel share each quad's q and |q|, 8
-// accumulators. The previous tile (bytes widened to 16 bits for vpmaddwd, two rows) ran at 54-81
-// GOP/s where this one ran at 91-98 (M 48 and 512, N 1408, K 2048, one thread on the AMD EPYC host;
-// medians of 9 runs interleaved with the other variants, in four runs). Two rows ran at 80-94, three
-// at 87-97, six like four.
+// accumulators. The previous tile (bytes widened to 16 bits for vpmaddwd, two rows) ran at 54-87
+// GOP/s where this one ran at 91-104 (M 48 and 512, N 1408, K 2048, one thread on the AMD EPYC host;
+// medians of 9 runs interleaved with the other variants, in five runs). Two rows ran at 80-94, three
+// at 87-101, six like four. Its ceiling here is ~109 GOP/s: vpsignb and vpabsb issue on the same two
+// pipes as vpmaddubsw and vpmaddwd (2 per cycle in all), 26 of them per quad of four rows.
 //
 // Compiled for the baseline ISA, with the kernels marked target("avx2,fma"): any inline function
 // from a shared header is then built generically, and only DetectSupport().avx2 lets them run.
