@@ -239,43 +239,95 @@ void CpuBackend::LinearSameInput(const WeightView* w, int64_t count, const float
     Backend::LinearSameInput(w, count, x, ldx, M, y, ldy);
     return;
   }
-  // One quantisation of x for all of them: the same bytes each Linear would have made.
+  // One quantisation of x for all of them: the same bytes each Linear would have made. The matrices
+  // then run as one set of jobs (one parallel region).
   const q8::ActivationBuffers a = ThreadActivations(0, M, w[0].cols);
   QuantizeInt8(x, ldx, M, w[0].cols, a);
-  for (int64_t i = 0; i < count; ++i)
-    q8::LinearInt8On(Int8Kernel(), w[i], a.xq, a.xs, a.xsum, M, y[i], M == 1 ? w[i].rows : ldy[i]);
+  std::vector<q8::Int8Job> jobs(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) jobs[i] = {w[i], a.xq, a.xs, a.xsum, M, y[i], M == 1 ? w[i].rows : ldy[i]};
+  q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), count);
 }
+
+namespace {
+
+// Up to this many (token, expert) slots, MoeExperts runs its matrices as jobs (MoeExpertsAsJobs):
+// decode batches of up to ~10 tokens, whose gate and up outputs stay in L2 between the two phases.
+constexpr int64_t kExpertJobsMaxSlots = 64;
+
+// Slots [first, first + m)'s quantised rows of x (all: every token's) into b.
+void GatherRows(const MoeExpertsArgs& a, const q8::ActivationBuffers& all, const q8::ActivationBuffers& b,
+                int64_t first, int64_t m) {
+  const int64_t G = q8::Groups(a.D), stride = q8::XqStride(a.D);
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t t = a.slot_token[first + r];
+    std::memcpy(b.xq + r * stride, all.xq + t * stride, static_cast<size_t>(stride));
+    std::memcpy(b.xs + r * G, all.xs + t * G, static_cast<size_t>(G) * sizeof(float));
+    std::memcpy(b.xsum + r * G, all.xsum + t * G, static_cast<size_t>(G) * sizeof(int32_t));
+  }
+}
+
+}  // namespace
 
 // Int8 path: each token's row is quantised once for the layer, not once per selected expert and
 // matrix (gate and up); an expert gathers its rows' quantised bytes (a quarter of the f32 row).
 // Every number is the same as the default's: quantisation is per row.
 void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
-  bool int8 = a.n_active > 0 && a.T > 0;
+  bool int8 = a.n_active > 0 && a.T > 0, down_int8 = true;
+  int64_t S = 0;
   for (int64_t i = 0; int8 && i < a.n_active; ++i) {
     const WeightView w[2] = {a.gate[i], a.up[i]};
     int8 = SharesInt8Input(w, 2, a.T, a.x, a.D);
+    down_int8 = down_int8 && SharesInt8Input(&a.down[i], 1, a.count[i], a.g, a.I);
+    S += a.count[i];
   }
   if (!int8) {
     Backend::MoeExperts(a);
     return;
   }
-  const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
+  const int64_t D = a.D, I = a.I;
   const q8::ActivationBuffers all = ThreadActivations(2, a.T, D);
   QuantizeInt8(a.x, D, a.T, D, all);
+  if (down_int8 && S <= kExpertJobsMaxSlots) {
+    MoeExpertsAsJobs(a, all, S);
+    return;
+  }
   ForEachExpert(a.n_active, [&](int64_t i) {
     const int64_t o = a.begin[i], m = a.count[i];
     const q8::ActivationBuffers b = ThreadActivations(1, m, D);
-    for (int64_t r = 0; r < m; ++r) {
-      const int64_t t = a.slot_token[o + r];
-      std::memcpy(b.xq + r * stride, all.xq + t * stride, static_cast<size_t>(stride));
-      std::memcpy(b.xs + r * G, all.xs + t * G, static_cast<size_t>(G) * sizeof(float));
-      std::memcpy(b.xsum + r * G, all.xsum + t * G, static_cast<size_t>(G) * sizeof(int32_t));
-    }
+    GatherRows(a, all, b, o, m);
     q8::LinearInt8On(Int8Kernel(), a.gate[i], b.xq, b.xs, b.xsum, m, a.g + o * I, I);
     q8::LinearInt8On(Int8Kernel(), a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I);
     SiluMul(a.g + o * I, a.u + o * I, a.g + o * I, m * I);
     Linear(a.down[i], a.g + o * I, I, m, a.y + o * D, D);
   });
+}
+
+// Few slots (decode): every expert's gate and up as one set of jobs, then every down projection as
+// another, each in one parallel region where the threads claim runs of panels across the experts.
+// One expert per thread instead leaves a thread idle while the other finishes its last expert, and
+// a matrix per region pays a fork and join for each. The same numbers: the kernels and the per-row
+// quantisation of the down projections' inputs are those of the per-expert path.
+void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationBuffers& all, int64_t S) const {
+  const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
+  const q8::ActivationBuffers rows = ThreadActivations(1, S, D);
+  std::vector<q8::Int8Job> jobs(static_cast<size_t>(2 * a.n_active));
+  for (int64_t i = 0; i < a.n_active; ++i) {
+    const int64_t o = a.begin[i], m = a.count[i];
+    const q8::ActivationBuffers b{rows.xq + o * stride, rows.xs + o * G, rows.xsum + o * G};
+    GatherRows(a, all, b, o, m);
+    jobs[2 * i] = {a.gate[i], b.xq, b.xs, b.xsum, m, a.g + o * I, I};
+    jobs[2 * i + 1] = {a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I};
+  }
+  q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), 2 * a.n_active);
+  SiluMul(a.g, a.u, a.g, S * I);
+  const q8::ActivationBuffers h = ThreadActivations(0, S, I);
+  QuantizeInt8(a.g, I, S, I, h);
+  const int64_t Gi = q8::Groups(I), stride_i = q8::XqStride(I);
+  for (int64_t i = 0; i < a.n_active; ++i) {
+    const int64_t o = a.begin[i];
+    jobs[i] = {a.down[i], h.xq + o * stride_i, h.xs + o * Gi, h.xsum + o * Gi, a.count[i], a.y + o * D, D};
+  }
+  q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), a.n_active);
 }
 
 void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y,

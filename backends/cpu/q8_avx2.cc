@@ -221,6 +221,8 @@ void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const in
   SplitPanels(MakeInt8Args(w, xq, xs, xsum, y, ldy), M, Range);
 }
 
+PanelRangeFn PanelRange() { return Range; }
+
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
   const int64_t G = (K + kGroupCols - 1) / kGroupCols, stride = XqStride(K);
 #pragma omp parallel for schedule(static) if (M * K >= kMinParallelBytes)

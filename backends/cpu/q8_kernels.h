@@ -90,6 +90,23 @@ enum class Int8Path { kAuto, kScalar, kAvx2, kVnni, kAmx };
 void LinearInt8On(Int8Path path, const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum,
                   int64_t M, float* y, int64_t ldy);
 
+// One matrix of LinearInt8JobsOn: y[m, 0:w.rows] = w · x[m] for m < M (x as xq, xs, xsum; row
+// stride ldy), what LinearInt8On gives for it.
+struct Int8Job {
+  WeightView w;
+  const int8_t* xq = nullptr;
+  const float* xs = nullptr;
+  const int32_t* xsum = nullptr;
+  int64_t M = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+// Every job, with the bits LinearInt8On(path, job) gives. Where each job would run on the VNNI or the
+// AVX2 kernel, all of them run in one parallel region: the threads claim runs of panels over the
+// jobs' panels in order (SplitPanelsJobs), so there is one fork and join for all and no thread waits
+// at the end of each matrix. Otherwise the jobs run one after another.
+void LinearInt8JobsOn(Int8Path path, const Int8Job* jobs, int64_t n);
+
 // One LinearInt8 call as the SIMD kernels see it (a plain struct: no inline code crosses the files
 // built with different -m flags).
 struct Int8Args {
@@ -111,6 +128,13 @@ Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, co
 // the team would cost more). For the VNNI and AVX2 kernels.
 using PanelRangeFn = void (*)(const Int8Args& a, int64_t M, int64_t p0, int64_t p1);
 void SplitPanels(const Int8Args& a, int64_t M, PanelRangeFn range);
+// The same over several matrices: job j's panels follow job j - 1's in the order the runs are
+// claimed, and a run may cover the end of one job and the start of the next.
+struct PanelJob {
+  Int8Args a;
+  int64_t M;
+};
+void SplitPanelsJobs(const PanelJob* jobs, int64_t n, PanelRangeFn range);
 
 // The SIMD kernels, each in a file built with its own -m flags; call only when DetectSupport() has
 // said yes (LinearInt8 / LinearF32 / QuantizeActivations do that). K >= 1 and M >= 1; the AMX
@@ -120,11 +144,13 @@ void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8
 void LinearF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy);
 }  // namespace avx512
 namespace avx2 {
+PanelRangeFn PanelRange();  // the kernel's range function, for SplitPanelsJobs
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum);
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy);
 }  // namespace avx2
 namespace vnni {
+PanelRangeFn PanelRange();  // the kernel's range function, for SplitPanelsJobs
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,
                 int64_t ldy);
 }  // namespace vnni

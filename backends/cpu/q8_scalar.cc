@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <vector>
 
 #include "backends/cpu/q8_kernels.h"
 
@@ -95,23 +96,43 @@ Int8Args MakeInt8Args(const WeightView& w, const int8_t* xq, const float* xs, co
 }
 
 void SplitPanels(const Int8Args& a, int64_t M, PanelRangeFn range) {
-  const int64_t P = (a.N + kPanelRows - 1) / kPanelRows;
+  const PanelJob job{a, M};
+  SplitPanelsJobs(&job, 1, range);
+}
+
+void SplitPanelsJobs(const PanelJob* jobs, int64_t n, PanelRangeFn range) {
+  auto panels = [&](int64_t j) { return (jobs[j].a.N + kPanelRows - 1) / kPanelRows; };
+  int64_t P = 0, bytes = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    P += panels(j);
+    bytes += panels(j) * jobs[j].a.panel_bytes;
+  }
   // Threads claim contiguous runs of panels, each a 1/(2T) share of what is left but at least
   // kMinChunkBytes of weights: the cores of a shared host stream at different speeds, and equal
   // halves left the faster one waiting at every matrix's end.
   constexpr int64_t kMinChunkBytes = int64_t{1} << 17;
-  const int64_t min_chunk = std::max<int64_t>(1, kMinChunkBytes / std::max<int64_t>(a.panel_bytes, 1));
   std::atomic<int64_t> next{0};
-#pragma omp parallel if (P * a.panel_bytes >= kMinParallelBytes)
+#pragma omp parallel if (bytes >= kMinParallelBytes)
   {
     const int64_t T = omp_get_num_threads();
-    int64_t p0 = next.load(std::memory_order_relaxed), n = 0;
+    int64_t j = 0, base = 0;  // this thread's job cursor (claims only move forward): job j starts at base
+    auto seek = [&](int64_t p) {
+      while (j < n && p >= base + panels(j)) base += panels(j++);
+    };
+    int64_t p0 = next.load(std::memory_order_relaxed), count = 0;
     for (;;) {
       do {
-        n = std::max(min_chunk, (P - p0) / (2 * T));
-      } while (p0 < P && !next.compare_exchange_weak(p0, p0 + n, std::memory_order_relaxed));
+        seek(p0);
+        const int64_t panel_bytes = j < n ? std::max<int64_t>(jobs[j].a.panel_bytes, 1) : 1;
+        count = std::max<int64_t>(std::max<int64_t>(1, kMinChunkBytes / panel_bytes), (P - p0) / (2 * T));
+      } while (p0 < P && !next.compare_exchange_weak(p0, p0 + count, std::memory_order_relaxed));
       if (p0 >= P) break;
-      range(a, M, p0, std::min(P, p0 + n));
+      for (int64_t p = p0, end = std::min(P, p0 + count); p < end;) {
+        seek(p);
+        const int64_t stop = std::min(end, base + panels(j));
+        range(jobs[j].a, jobs[j].M, p - base, stop - base);
+        p = stop;
+      }
       p0 = next.load(std::memory_order_relaxed);
     }
   }
@@ -190,6 +211,20 @@ void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8
   }
 }
 
+namespace {
+
+// The kernel LinearInt8On runs for M rows on this CPU.
+Int8Path Resolve(Int8Path path, int64_t M, const Support& s) {
+  // AMX already wins at its minimum of one full A tile (16 rows: ~1.9x VNNI on Sapphire Rapids).
+  if (path == Int8Path::kAuto) path = M >= amx::kMinRows ? Int8Path::kAmx : Int8Path::kVnni;
+  if (path == Int8Path::kAmx && (!s.amx || M < amx::kMinRows)) path = Int8Path::kVnni;
+  if (path == Int8Path::kVnni && !s.vnni) path = Int8Path::kAvx2;
+  if (path == Int8Path::kAvx2 && !s.avx2) path = Int8Path::kScalar;
+  return path;
+}
+
+}  // namespace
+
 void LinearInt8On(Int8Path path, const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum,
                   int64_t M, float* y, int64_t ldy) {
   if (M <= 0 || w.rows <= 0) return;
@@ -197,18 +232,40 @@ void LinearInt8On(Int8Path path, const WeightView& w, const int8_t* xq, const fl
     for (int64_t m = 0; m < M; ++m) std::fill(y + m * ldy, y + m * ldy + w.rows, 0.0f);
     return;
   }
-  const Support s = DetectSupport();
-  // AMX already wins at its minimum of one full A tile (16 rows: ~1.9x VNNI on Sapphire Rapids).
-  if (path == Int8Path::kAuto) path = M >= amx::kMinRows ? Int8Path::kAmx : Int8Path::kVnni;
-  if (path == Int8Path::kAmx && (!s.amx || M < amx::kMinRows)) path = Int8Path::kVnni;
-  if (path == Int8Path::kVnni && !s.vnni) path = Int8Path::kAvx2;
-  if (path == Int8Path::kAvx2 && !s.avx2) path = Int8Path::kScalar;
-  switch (path) {
+  switch (Resolve(path, M, DetectSupport())) {
     case Int8Path::kAmx: amx::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
     case Int8Path::kVnni: vnni::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
     case Int8Path::kAvx2: avx2::LinearInt8(w, xq, xs, xsum, M, y, ldy); break;
     default: LinearInt8Scalar(w, xq, xs, xsum, M, y, ldy); break;
   }
+}
+
+void LinearInt8JobsOn(Int8Path path, const Int8Job* jobs, int64_t n) {
+  const Support s = DetectSupport();
+  // One region only where every job with work would run on the same panel-splitting kernel.
+  Int8Path common = Int8Path::kAuto;
+  bool together = true;
+  for (int64_t i = 0; i < n && together; ++i) {
+    const Int8Job& j = jobs[i];
+    if (j.M <= 0 || j.w.rows <= 0 || j.w.cols <= 0) {
+      together = false;  // nothing to run, or zeros to write: LinearInt8On does either
+      break;
+    }
+    const Int8Path p = Resolve(path, j.M, s);
+    together = (p == Int8Path::kVnni || p == Int8Path::kAvx2) && (i == 0 || p == common);
+    common = p;
+  }
+  if (!together || n <= 0) {
+    for (int64_t i = 0; i < n; ++i)
+      LinearInt8On(path, jobs[i].w, jobs[i].xq, jobs[i].xs, jobs[i].xsum, jobs[i].M, jobs[i].y, jobs[i].ldy);
+    return;
+  }
+  std::vector<PanelJob> split(static_cast<size_t>(n));  // may throw bad_alloc, as the callers' scratch may
+  for (int64_t i = 0; i < n; ++i) {
+    const Int8Job& j = jobs[i];
+    split[i] = PanelJob{MakeInt8Args(j.w, j.xq, j.xs, j.xsum, j.y, j.ldy), j.M};
+  }
+  SplitPanelsJobs(split.data(), n, common == Int8Path::kVnni ? vnni::PanelRange() : avx2::PanelRange());
 }
 
 void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, float* y,

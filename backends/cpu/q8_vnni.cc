@@ -114,4 +114,6 @@ void LinearInt8(const WeightView& w, const int8_t* xq, const float* xs, const in
   SplitPanels(MakeInt8Args(w, xq, xs, xsum, y, ldy), M, Range);
 }
 
+PanelRangeFn PanelRange() { return Range; }
+
 }  // namespace moerun::cpu::q8::vnni

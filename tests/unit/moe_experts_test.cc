@@ -26,13 +26,14 @@ std::unique_ptr<Backend> Bf16Cpu() {
   return b.ok() ? std::move(b).value() : nullptr;
 }
 
-TEST(MoeExperts, CpuInt8PathMatchesDefaultBitForBit) {
+// counts: slots per expert; few slots in all (decode) take the CPU backend's jobs path, many the
+// expert-per-thread one.
+void ExpectInt8PathMatchesDefault(const std::vector<int64_t>& counts, int64_t T, uint32_t seed) {
   auto be = Bf16Cpu();
   ASSERT_TRUE(be);
-  std::mt19937 rng(11);
-  constexpr int64_t T = 53, D = 300, I = 136, E = 5;
-  // Slots grouped by expert: counts 1, 15, 16, 40 and 34 (106 slots = 2 per token).
-  const int64_t counts[E] = {40, 34, 16, 15, 1};
+  std::mt19937 rng(seed);
+  constexpr int64_t D = 300, I = 136;
+  const int64_t E = static_cast<int64_t>(counts.size());
   std::vector<Q8Weight> gate, up, down;
   for (int64_t e = 0; e < E; ++e) {
     gate.push_back(RandomWeight(I, D, rng));
@@ -40,14 +41,13 @@ TEST(MoeExperts, CpuInt8PathMatchesDefaultBitForBit) {
     down.push_back(RandomWeight(D, I, rng));
   }
   std::vector<WeightView> gv, uv, dv;
-  std::vector<int64_t> begin, count;
+  std::vector<int64_t> begin;
   int64_t S = 0;
   for (int64_t e = 0; e < E; ++e) {
     gv.push_back(gate[e].view());
     uv.push_back(up[e].view());
     dv.push_back(down[e].view());
     begin.push_back(S);
-    count.push_back(counts[e]);
     S += counts[e];
   }
   std::vector<int32_t> slot_token(static_cast<size_t>(S));
@@ -67,7 +67,7 @@ TEST(MoeExperts, CpuInt8PathMatchesDefaultBitForBit) {
       a.slot_token = slot_token.data();
       a.n_active = E;
       a.begin = begin.data();
-      a.count = count.data();
+      a.count = counts.data();
       a.gate = gv.data();
       a.up = uv.data();
       a.down = dv.data();
@@ -86,6 +86,17 @@ TEST(MoeExperts, CpuInt8PathMatchesDefaultBitForBit) {
     EXPECT_NE(y[0][0], -1.0f);
     EXPECT_NE(y[0][0], y[0][(S - 1) * D + 7]);
   }
+}
+
+TEST(MoeExperts, CpuInt8PathMatchesDefaultBitForBit) {
+  // 106 slots = 2 per token, counts from 1 to 40 (VNNI rows up to several 16-row AMX blocks).
+  ExpectInt8PathMatchesDefault({40, 34, 16, 15, 1}, 53, 11);
+}
+
+TEST(MoeExperts, CpuInt8JobsPathMatchesDefaultBitForBit) {
+  // Decode: one token on 6 experts, and three tokens on 9 experts (13 slots; 1 to 3 rows each).
+  ExpectInt8PathMatchesDefault({1, 1, 1, 1, 1, 1}, 1, 12);
+  ExpectInt8PathMatchesDefault({3, 2, 2, 1, 1, 1, 1, 1, 1}, 3, 13);
 }
 
 TEST(MoeExperts, CpuLinearSameInputMatchesSeparateLinears) {

@@ -268,6 +268,43 @@ TEST(Q8Kernels, PanelRunsSplitBetweenThreadsMatchDefinition) {
   }
 }
 
+// Several matrices as one set of jobs (MoE decode's experts): each job's own weight, input and row
+// count; runs of panels claimed by two threads cover the end of one job and the start of the next
+// (the jobs here are smaller than a run). Every output as the definition, guards intact.
+TEST(Q8Kernels, JobsMatchDefinition) {
+  std::mt19937 rng(13);
+  struct Case {
+    int64_t N, K, M;
+  };
+  const Case cases[] = {{33, 256, 1}, {100, 300, 3}, {16, 256, 1}, {1, 128, 2}, {4100, 256, 2}, {47, 4, 1}};
+  std::vector<Q8Weight> w;
+  std::vector<Quantized> x;
+  std::vector<std::vector<float>> want;
+  for (const Case& c : cases) {
+    w.push_back(RandomWeight(c.N, c.K, rng));
+    x.push_back(Quantize(RandomActivations(c.M, c.K, rng), c.K, c.M, c.K, false));
+    want.push_back(ReferenceInt8(w.back(), x.back().b, c.M));
+  }
+  for (Int8Path path : AvailablePaths()) {
+    SCOPED_TRACE(PathName(path));
+    std::vector<Output> out;
+    std::vector<Int8Job> jobs;
+    for (size_t i = 0; i < w.size(); ++i) out.emplace_back(cases[i].N, cases[i].M);
+    for (size_t i = 0; i < w.size(); ++i)
+      jobs.push_back({w[i].view(), x[i].b.xq, x[i].b.xs, x[i].b.xsum, cases[i].M, out[i].y.data(), out[i].ld});
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    LinearInt8JobsOn(path, jobs.data(), static_cast<int64_t>(jobs.size()));
+    omp_set_num_threads(threads);
+    for (size_t i = 0; i < w.size(); ++i) {
+      out[i].ExpectGuardsIntact();
+      for (int64_t m = 0; m < cases[i].M; ++m)
+        for (int64_t r = 0; r < cases[i].N; ++r)
+          ASSERT_EQ(out[i].At(m, r), want[i][m * cases[i].N + r]) << "job " << i << " at " << m << "," << r;
+    }
+  }
+}
+
 // Largest products: every activation ±127 and weight bytes at both ends, including byte 0 (q = -128,
 // which the converter never writes but a file may hold). A kernel that adds byte products in 16 bits
 // (the AVX2 kernels) must not saturate, and every path must still give the definition's bits.
