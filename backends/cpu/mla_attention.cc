@@ -38,7 +38,7 @@ using mla::TransposeQueries;
 constexpr int64_t kKeyBlock = 64;
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;  // multiply-adds
 // Decode splits a token's keys into spans of at least this many keys, and at most kMaxSpans spans.
-constexpr int64_t kMinKeysPerSpan = 256;
+constexpr int64_t kMinKeysPerSpan = 128;
 constexpr int64_t kMaxSpans = 16;
 // How many keys ahead the accumulation prefetches the rows' slices.
 constexpr int64_t kPrefetchKeys = 6;

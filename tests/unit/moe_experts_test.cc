@@ -120,15 +120,17 @@ TEST(MoeExperts, CpuLinearSameInputMatchesSeparateLinears) {
   }
 }
 
-// MLA's key expansion: every head's W_UV over the same keys (x_step 0), items across threads or not.
-TEST(MoeExperts, CpuLinearBatchOverOneInputMatchesSeparateLinears) {
+// LinearBatch against one Linear per item, on 1 and 2 threads: H items of N x K, row stride ldx, and
+// item h's input at x + h·x_step.
+void ExpectLinearBatchMatchesSeparateLinears(int64_t H, int64_t N, int64_t K, int64_t x_step, int64_t ldx,
+                                             std::initializer_list<int64_t> rows, uint32_t seed) {
   auto be = Bf16Cpu();
   ASSERT_TRUE(be);
-  std::mt19937 rng(13);
+  std::mt19937 rng(seed);
+  const int64_t ldy = N + 2;
   for (int threads : {1, 2})
-    for (const int64_t M : {1, 20, 70}) {
+    for (const int64_t M : rows) {
       omp_set_num_threads(threads);
-      constexpr int64_t H = 5, N = 40, K = 200, ldx = 210, ldy = 48;
       std::vector<Q8Weight> heads;
       std::vector<WeightView> w;
       for (int64_t h = 0; h < H; ++h) heads.push_back(RandomWeight(N, K, rng));
@@ -136,12 +138,23 @@ TEST(MoeExperts, CpuLinearBatchOverOneInputMatchesSeparateLinears) {
       const std::vector<float> x = RandomVector(M * ldx, rng);
       const int64_t y_step = M * ldy;
       std::vector<float> y(H * y_step, -1.0f), want(H * y_step, -1.0f);
-      be->LinearBatch(w.data(), H, x.data(), 0, ldx, M, y.data(), y_step, ldy);
-      for (int64_t h = 0; h < H; ++h) be->Linear(w[h], x.data(), ldx, M, want.data() + h * y_step, ldy);
+      be->LinearBatch(w.data(), H, x.data(), x_step, ldx, M, y.data(), y_step, ldy);
+      for (int64_t h = 0; h < H; ++h) be->Linear(w[h], x.data() + h * x_step, ldx, M, want.data() + h * y_step, ldy);
       EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)), 0) << "M=" << M << ", " << threads << " threads";
-      EXPECT_EQ(y[ldy - 1], -1.0f);  // a row's columns past N untouched
+      EXPECT_EQ(y[M == 1 ? N : ldy - 1], -1.0f);  // past a row's N columns untouched
       EXPECT_NE(y[0], y[(H - 1) * y_step + 3]);
     }
+}
+
+// MLA's key expansion: every head's W_UV over the same keys (x_step 0), items across threads or not.
+TEST(MoeExperts, CpuLinearBatchOverOneInputMatchesSeparateLinears) {
+  ExpectLinearBatchMatchesSeparateLinears(5, 40, 200, 0, 210, {1, 20, 70}, 13);
+}
+
+// MLA's per-head matrices at decode: every head its own input (x_step > 0). Few rows take the jobs
+// path (all inputs quantised at once, runs of panels across heads), 20 rows the per-item one.
+TEST(MoeExperts, CpuLinearBatchPerItemInputsMatchesSeparateLinears) {
+  ExpectLinearBatchMatchesSeparateLinears(16, 128, 200, 200, 16 * 200 + 10, {1, 3, 20}, 14);
 }
 
 }  // namespace
