@@ -21,8 +21,8 @@ struct Result {
   std::string out;
 };
 
-Result RunCli(const std::string& args) {
-  const std::string cmd = std::string(MOERUN_CLI) + " " + args + " 2>&1";
+Result RunProgram(const std::string& program, const std::string& args) {
+  const std::string cmd = program + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -31,6 +31,8 @@ Result RunCli(const std::string& args) {
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
+
+Result RunCli(const std::string& args) { return RunProgram(MOERUN_CLI, args); }
 
 std::string Dir() { return moerun::testing::TestDir(); }
 
@@ -161,6 +163,30 @@ TEST(Cli, ErrorsAreOneLineAndNonZero) {
     EXPECT_NE(r.out.find("moerun: "), std::string::npos) << args << ": " << r.out;
   }
   EXPECT_FALSE(std::ifstream(Dir() + "/x.moerun").good()) << "failed convert left a file behind";
+}
+
+// The developer's A/B tool (tools/dev/decode_ab.cc): this build's library against a copy of itself.
+TEST(Cli, DecodeAbComparesTwoLibraries) {
+  const std::string model = Converted("v2lite_bf16");
+  const std::string lib = MOERUN_LIBRARY, copy = Dir() + "/libmoerun_copy.so";
+  {
+    std::ifstream in(lib, std::ios::binary);
+    std::ofstream out(copy, std::ios::binary);
+    out << in.rdbuf();
+    ASSERT_TRUE(out.good());
+  }
+  Result r = RunProgram(MOERUN_DECODE_AB, lib + " " + copy + " " + model + " --steps 6 --warmup 2 --threads 1 --context 4");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("6 steps each, 1 threads: A "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("; B/A "), std::string::npos) << r.out;
+  r = RunProgram(MOERUN_DECODE_AB, lib + " " + lib + " " + model);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("same file"), std::string::npos) << r.out;
+  r = RunProgram(MOERUN_DECODE_AB, lib + " " + copy + " " + Dir() + "/no_such.moerun");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("loading the model failed"), std::string::npos) << r.out;
+  r = RunProgram(MOERUN_DECODE_AB, lib + " " + copy + " " + model + " --steps x");
+  EXPECT_EQ(r.code, 2) << r.out;
 }
 
 }  // namespace
