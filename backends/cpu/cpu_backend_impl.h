@@ -79,8 +79,9 @@ class CpuBackend final : public Backend {
   void LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   void LinearQ8(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) const;
   bool SharesInt8Input(const WeightView* w, int64_t count, int64_t M, const float* x, int64_t ldx) const;
-  // MoeExperts' int8 path for S slots as two sets of jobs; all: every token's quantised row.
-  void MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationBuffers& all, int64_t S) const;
+  // MoeExperts' int8 path as two sets of jobs; all: every token's quantised row; slots_end: one past
+  // the last slot of any expert.
+  void MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationBuffers& all, int64_t slots_end) const;
   q8::Int8Path Int8Kernel() const;
   // q8::QuantizeActivations on the quantiser this backend's features allow (the same bytes on all).
   void QuantizeInt8(const float* x, int64_t ldx, int64_t M, int64_t K, const q8::ActivationBuffers& b) const;

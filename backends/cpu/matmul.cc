@@ -289,12 +289,13 @@ void GatherRows(const MoeExpertsArgs& a, const q8::ActivationBuffers& all, const
 // Every number is the same as the default's: quantisation is per row.
 void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
   bool int8 = a.n_active > 0 && a.T > 0, down_int8 = true;
-  int64_t S = 0;
+  int64_t S = 0, slots_end = 0;
   for (int64_t i = 0; int8 && i < a.n_active; ++i) {
     const WeightView w[2] = {a.gate[i], a.up[i]};
     int8 = SharesInt8Input(w, 2, a.T, a.x, a.D);
     down_int8 = down_int8 && SharesInt8Input(&a.down[i], 1, a.count[i], a.g, a.I);
     S += a.count[i];
+    slots_end = std::max(slots_end, a.begin[i] + a.count[i]);
   }
   if (!int8) {
     Backend::MoeExperts(a);
@@ -304,7 +305,7 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
   const q8::ActivationBuffers all = ThreadActivations(2, a.T, D);
   QuantizeInt8(a.x, D, a.T, D, all);
   if (down_int8 && S <= kExpertJobsMaxSlots) {
-    MoeExpertsAsJobs(a, all, S);
+    MoeExpertsAsJobs(a, all, slots_end);
     return;
   }
   ForEachExpert(a.n_active, [&](int64_t i) {
@@ -323,9 +324,10 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
 // One expert per thread instead leaves a thread idle while the other finishes its last expert, and
 // a matrix per region pays a fork and join for each. The same numbers: the kernels and the per-row
 // quantisation of the down projections' inputs are those of the per-expert path.
-void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationBuffers& all, int64_t S) const {
+void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationBuffers& all,
+                                  int64_t slots_end) const {
   const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
-  const q8::ActivationBuffers rows = ThreadActivations(1, S, D);
+  const q8::ActivationBuffers rows = ThreadActivations(1, slots_end, D);
   std::vector<q8::Int8Job> jobs(static_cast<size_t>(2 * a.n_active));
   for (int64_t i = 0; i < a.n_active; ++i) {
     const int64_t o = a.begin[i], m = a.count[i];
@@ -335,13 +337,14 @@ void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationB
     jobs[2 * i + 1] = {a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I};
   }
   q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), 2 * a.n_active);
-  SiluMul(a.g, a.u, a.g, S * I);
-  const q8::ActivationBuffers h = ThreadActivations(0, S, I);
-  QuantizeInt8(a.g, I, S, I, h);
+  const q8::ActivationBuffers h = ThreadActivations(0, slots_end, I);
   const int64_t Gi = q8::Groups(I), stride_i = q8::XqStride(I);
   for (int64_t i = 0; i < a.n_active; ++i) {
-    const int64_t o = a.begin[i];
-    jobs[i] = {a.down[i], h.xq + o * stride_i, h.xs + o * Gi, h.xsum + o * Gi, a.count[i], a.y + o * D, D};
+    const int64_t o = a.begin[i], m = a.count[i];
+    SiluMul(a.g + o * I, a.u + o * I, a.g + o * I, m * I);
+    const q8::ActivationBuffers b{h.xq + o * stride_i, h.xs + o * Gi, h.xsum + o * Gi};
+    QuantizeInt8(a.g + o * I, I, m, I, b);
+    jobs[i] = {a.down[i], b.xq, b.xs, b.xsum, m, a.y + o * D, D};
   }
   q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), a.n_active);
 }
