@@ -35,6 +35,13 @@ struct Options {
 // One build: its entry points, model and session.
 class Build {
  public:
+  Build() = default;
+  Build(const Build&) = delete;
+  Build& operator=(const Build&) = delete;
+  ~Build() {
+    if (session_) session_destroy_(session_);
+    if (model_) model_destroy_(model_);
+  }
   bool Open(const char* path, const Options& o);
   // One decode step of one token; restarts the sequence (prompt of o.context tokens) when the cache
   // is full. Returns the step's seconds, or a negative number on failure (reported).
@@ -55,10 +62,12 @@ class Build {
   void* handle_ = nullptr;
   decltype(&moerun_model_options_init) model_options_init_ = nullptr;
   decltype(&moerun_model_load) model_load_ = nullptr;
+  decltype(&moerun_model_destroy) model_destroy_ = nullptr;
   decltype(&moerun_model_info_init) info_init_ = nullptr;
   decltype(&moerun_model_get_info) get_info_ = nullptr;
   decltype(&moerun_session_options_init) session_options_init_ = nullptr;
   decltype(&moerun_session_create) session_create_ = nullptr;
+  decltype(&moerun_session_destroy) session_destroy_ = nullptr;
   decltype(&moerun_batch_init) batch_init_ = nullptr;
   decltype(&moerun_session_decode) decode_ = nullptr;
   decltype(&moerun_session_clear) clear_ = nullptr;
@@ -86,6 +95,7 @@ bool Build::Open(const char* path, const Options& o) {
     return false;
   }
   if (!Sym(model_options_init_, "moerun_model_options_init") || !Sym(model_load_, "moerun_model_load") ||
+      !Sym(model_destroy_, "moerun_model_destroy") || !Sym(session_destroy_, "moerun_session_destroy") ||
       !Sym(info_init_, "moerun_model_info_init") || !Sym(get_info_, "moerun_model_get_info") ||
       !Sym(session_options_init_, "moerun_session_options_init") ||
       !Sym(session_create_, "moerun_session_create") || !Sym(batch_init_, "moerun_batch_init") ||
