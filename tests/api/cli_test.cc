@@ -179,6 +179,10 @@ TEST(Cli, DecodeAbComparesTwoLibraries) {
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("6 steps each, 1 threads: A "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("; B/A "), std::string::npos) << r.out;
+  // A context longer than one batch (max_batch_tokens, 512) is decoded in batches.
+  r = RunProgram(MOERUN_DECODE_AB, lib + " " + copy + " " + model + " --steps 2 --warmup 1 --threads 1 --context 600");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("2 steps each, 1 threads: A "), std::string::npos) << r.out;
   r = RunProgram(MOERUN_DECODE_AB, lib + " " + lib + " " + model);
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("same file"), std::string::npos) << r.out;

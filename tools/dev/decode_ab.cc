@@ -74,7 +74,7 @@ class Build {
   decltype(&moerun_last_error) last_error_ = nullptr;
   moerun_model* model_ = nullptr;
   moerun_session* session_ = nullptr;
-  uint32_t vocab_ = 1, capacity_ = 0, length_ = 0, next_ = 0;
+  uint32_t vocab_ = 1, capacity_ = 0, length_ = 0, next_ = 0, max_batch_ = 1;
   int context_ = 8;
 };
 
@@ -115,6 +115,7 @@ bool Build::Open(const char* path, const Options& o) {
   so.n_threads = o.threads;
   so.kv_capacity = static_cast<uint32_t>(std::max(1024, 2 * o.context));
   capacity_ = so.kv_capacity;
+  max_batch_ = std::max<uint32_t>(so.max_batch_tokens, 1);
   if (!Check(session_create_(model_, &so, &session_), "creating a session")) return false;
   return Prefill();
 }
@@ -123,12 +124,16 @@ bool Build::Prefill() {
   if (!Check(clear_(session_), "moerun_session_clear")) return false;
   std::vector<int32_t> prompt(static_cast<size_t>(context_));
   for (int i = 0; i < context_; ++i) prompt[i] = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
-  moerun_batch b;
-  batch_init_(&b);
-  b.n_tokens = static_cast<uint32_t>(context_);
-  b.tokens = prompt.data();
+  // In batches of at most the session's max_batch_tokens.
+  for (uint32_t done = 0; done < prompt.size(); done += max_batch_) {
+    moerun_batch b;
+    batch_init_(&b);
+    b.n_tokens = std::min<uint32_t>(max_batch_, static_cast<uint32_t>(prompt.size()) - done);
+    b.tokens = prompt.data() + done;
+    if (!Check(decode_(session_, &b), "the prompt's decode")) return false;
+  }
   length_ = static_cast<uint32_t>(context_);
-  return Check(decode_(session_, &b), "the prompt's decode");
+  return true;
 }
 
 double Build::Step() {
