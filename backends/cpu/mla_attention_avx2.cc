@@ -2,17 +2,18 @@
 // keys [j0, j1) of one token, all heads, into a Partial, not yet normalised) and the values path
 // (prefill: one token, all heads, against per-head value rows, normalised).
 //
-// Same plan as the AVX-512 kernel of mla_attention.cc with 8 lanes: keys in blocks of 128 rows (295
-// KiB at kv_rank 512, L2-resident while every head group uses them; the AMX latent kernel's blocks,
-// so both round the probabilities relative to the same running max); scores with the queries stored
-// transposed per group of 8 heads, so each key element is broadcast into one FMA for 8 heads and no
-// horizontal sums are needed; an online softmax per block; then the probability-weighted rows for 6
-// heads × 16 latents per register tile (the values path: one head's value rows, 64 wide per tile).
-// At bf16 precision (round) the inputs are rounded to bf16 as the AMX kernels and the reference
-// backend round them: queries, the block's rows (once, into scratch; a bf16 cache's rows are widened
-// there instead, the same values), value rows and each
-// probability, relative to the running max of its block (the AMX kernels' blocks: 128 keys on the
-// latent path, 64 on the values path).
+// Same plan as the AVX-512 kernel of mla_attention.cc with 8 lanes: keys in blocks of 128 rows,
+// packed into scratch in slices of 16 columns (295 KiB at kv_rank 512, L2-resident while every head
+// group uses them; see kSlice), while the next block's rows are prefetched; the AMX latent kernel's
+// blocks, so both round the probabilities relative to the same running max. Scores with the queries
+// stored transposed per group of 8 heads, so each key element is broadcast into one FMA for 8 heads
+// and no horizontal sums are needed; an online softmax per block; then the probability-weighted rows
+// for 6 heads × 16 latents per register tile (the values path: one head's value rows, 64 wide per
+// tile). At bf16 precision (round) the inputs are rounded to bf16 as the AMX kernels and the
+// reference backend round them: queries, the block's rows (once, as they are packed; a bf16 cache's
+// rows are widened there instead, the same values), value rows and each probability, relative to the
+// running max of its block (the AMX kernels' blocks: 128 keys on the latent path, 64 on the values
+// path).
 //
 // Compiled for the baseline ISA with the kernels marked target("avx2,fma") (see q8_avx2.cc); call
 // only when q8::DetectSupport().avx2.
@@ -84,52 +85,68 @@ MOERUN_AVX2 inline __m256 Exp8(__m256 x) {
 
 struct Scratch {
   std::vector<float> qt;           // [groups, W, 8]: queries transposed per group of 8 heads
-  std::vector<float> block;        // [kBlock, W]: the block's rows rounded to bf16 (round only)
+  std::vector<float> block;        // the block's rows, packed (PackBlock)
   std::vector<float> st;           // [kBlock, groups * 8]: scores, then probabilities
   std::vector<float> max, sum;     // [groups * 8]
-  std::vector<const float*> rows;  // [kBlock]
 };
 
-// st[j][g..g+NG) for NK keys: NG groups of 8 heads against keys rows[0..NK), all W columns.
+// The block's rows packed in slices of 16 columns: column c of key j at
+// pk[(c / 16) * kSliceStride + j * 16 + c % 16], so that a slice of consecutive keys is contiguous
+// (the weighted sum reads one 64-byte line per key and slice, not a line of a row 2304 bytes from the
+// next key's; the scores' NK keys are NK adjacent lines). Slices are a line more than kBlock keys
+// apart: a multiple of 4 KiB would put a row's 36 slices in one set of L1 (the packing then ran 2x
+// slower).
+constexpr int64_t kSlice = 16;
+constexpr int64_t kSliceStride = kBlock * kSlice + 16;
+
+// st[j][g..g+NG) for NK keys: NG groups of 8 heads against keys [0, NK) of the packed block pk (its
+// key 0), all W columns.
 template <int NG, int NK>
-MOERUN_AVX2 void Scores(const float* qt, int64_t W, const float* const* rows, float scale, float* st, int64_t ldst) {
+MOERUN_AVX2 void Scores(const float* qt, int64_t W, const float* pk, float scale, float* st, int64_t ldst) {
   __m256 acc[NG][NK];
 #pragma GCC unroll 2
   for (int g = 0; g < NG; ++g)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int k = 0; k < NK; ++k) acc[g][k] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < W; ++c) {
-    __m256 q[NG];
+  for (int64_t s0 = 0; s0 < W; s0 += kSlice) {
+    const float* slice = pk + (s0 / kSlice) * kSliceStride;
+    const int64_t cn = std::min(kSlice, W - s0);
+    for (int64_t i = 0; i < cn; ++i) {
+      __m256 q[NG];
 #pragma GCC unroll 2
-    for (int g = 0; g < NG; ++g) q[g] = _mm256_loadu_ps(qt + (g * W + c) * 8);
-#pragma GCC unroll 4
-    for (int k = 0; k < NK; ++k) {
-      const __m256 key = _mm256_broadcast_ss(rows[k] + c);
+      for (int g = 0; g < NG; ++g) q[g] = _mm256_loadu_ps(qt + (g * W + s0 + i) * 8);
+#pragma GCC unroll 6
+      for (int k = 0; k < NK; ++k) {
+        const __m256 key = _mm256_broadcast_ss(slice + k * kSlice + i);
 #pragma GCC unroll 2
-      for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q[g], key, acc[g][k]);
+        for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q[g], key, acc[g][k]);
+      }
     }
   }
   const __m256 s = _mm256_set1_ps(scale);
 #pragma GCC unroll 2
   for (int g = 0; g < NG; ++g)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int k = 0; k < NK; ++k) _mm256_storeu_ps(st + k * ldst + g * 8, _mm256_mul_ps(s, acc[g][k]));
 }
 
+// The scores of nb keys of the packed block for NG groups of heads: six keys per register tile (12
+// accumulators at two groups), then fours and ones (six measured ~2% faster than four alone).
 template <int NG>
-MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const float* const* rows, int64_t nb, float scale, float* st,
+MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const float* pk, int64_t nb, float scale, float* st,
                             int64_t ldst) {
   int64_t j = 0;
-  for (; j + 4 <= nb; j += 4) Scores<NG, 4>(qt, W, rows + j, scale, st + j * ldst, ldst);
-  for (; j < nb; ++j) Scores<NG, 1>(qt, W, rows + j, scale, st + j * ldst, ldst);
+  for (; j + 6 <= nb; j += 6) Scores<NG, 6>(qt, W, pk + j * kSlice, scale, st + j * ldst, ldst);
+  for (; j + 4 <= nb; j += 4) Scores<NG, 4>(qt, W, pk + j * kSlice, scale, st + j * ldst, ldst);
+  for (; j < nb; ++j) Scores<NG, 1>(qt, W, pk + j * kSlice, scale, st + j * ldst, ldst);
 }
 
 // out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= kTileHeads); kFull: all
 // 16 lanes inside R (no masks), else lanes past R masked. Six heads keep 12 accumulators in flight
 // (two FMA pipes of 4 cycles' latency need 8) and load 8 vectors per 12 FMAs (4 heads: 6 per 8).
 template <int NH, bool kFull>
-MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* rows, int64_t nb, int64_t i0,
-                            int64_t R, float* out) {
+MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* pk, int64_t nb, int64_t i0, int64_t R,
+                            float* out) {
   const __m256i m0 = TailMask8(R - i0), m1 = TailMask8(R - i0 - 8);
   auto load = [&](const float* x, int k) MOERUN_AVX2 {
     return kFull ? _mm256_loadu_ps(x + 8 * k) : _mm256_maskload_ps(x + 8 * k, k == 0 ? m0 : m1);
@@ -140,8 +157,9 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* r
     acc[h][0] = load(out + h * R + i0, 0);
     acc[h][1] = load(out + h * R + i0, 1);
   }
+  const float* slice = pk + (i0 / kSlice) * kSliceStride;
   for (int64_t j = 0; j < nb; ++j) {
-    const __m256 r0 = load(rows[j] + i0, 0), r1 = load(rows[j] + i0, 1);
+    const __m256 r0 = load(slice + j * kSlice, 0), r1 = load(slice + j * kSlice, 1);
 #pragma GCC unroll 6
     for (int h = 0; h < NH; ++h) {
       const __m256 e = _mm256_broadcast_ss(st + j * ldst + h);
@@ -157,9 +175,9 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* const* r
 }
 
 template <int NH>
-MOERUN_AVX2 void AccumulateHeads(const float* st, int64_t ldst, const float* const* rows, int64_t nb, int64_t i0,
-                                 int64_t R, float* out) {
-  (i0 + 16 <= R ? Accumulate<NH, true> : Accumulate<NH, false>)(st, ldst, rows, nb, i0, R, out);
+MOERUN_AVX2 void AccumulateHeads(const float* st, int64_t ldst, const float* pk, int64_t nb, int64_t i0, int64_t R,
+                                 float* out) {
+  (i0 + 16 <= R ? Accumulate<NH, true> : Accumulate<NH, false>)(st, ldst, pk, nb, i0, R, out);
 }
 
 // o[i0, i0 + 64) += Σ_j p[j] v_j[i0, i0 + 64) for one head (v_j = v + j·dv), lanes past dv masked;
@@ -188,6 +206,74 @@ MOERUN_AVX2 void AccumulateValues(const float* st, int64_t ldst, const float* v,
   for (int k = 0; k < 8; ++k) Store8(o + i0 + 8 * k, kFull ? 8 : dv - i0 - 8 * k, acc[k]);
 }
 
+// Keys [j, j + nb) of the cache (pages: the token's page table) into the packed block pk (see
+// kSlice): bf16 rows widened exactly (they are already the rounded values), f32 rows rounded to bf16
+// with kRound, else copied.
+template <bool kRound>
+MOERUN_AVX2 void PackBlock(const LatentCacheView& cache, const int32_t* pages, int64_t j, int64_t nb, float* pk) {
+  const int64_t W = cache.row_width();
+  // Slice-major, so that the stores run through each slice's keys in order (key-major stores, 36
+  // slices a row, kept a third of this kernel's time waiting on L1).
+  const char* rows[kBlock];
+  for (int64_t k = 0; k < nb; ++k)
+    rows[k] = cache.bf16() ? reinterpret_cast<const char*>(cache.RowBf16(pages, j + k))
+                           : reinterpret_cast<const char*>(cache.Row(pages, j + k));
+  for (int64_t c0 = 0; c0 < W; c0 += 8) {
+    float* dst = pk + (c0 / kSlice) * kSliceStride + c0 % kSlice;
+    const bool whole = c0 + 8 <= W;
+    for (int64_t k = 0; k < nb; ++k, dst += kSlice) {
+      if (cache.bf16()) {
+        const uint16_t* row = reinterpret_cast<const uint16_t*>(rows[k]) + c0;
+        if (whole) {
+          const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        } else {
+          for (int64_t c = 0; c < W - c0; ++c) dst[c] = Bf16ToF32(row[c]);
+        }
+        continue;
+      }
+      const float* row = reinterpret_cast<const float*>(rows[k]) + c0;
+      if (whole) {
+        const __m256 v = _mm256_loadu_ps(row);
+        _mm256_storeu_ps(dst, kRound ? RoundBf16x8(v) : v);
+      } else {
+        for (int64_t c = 0; c < W - c0; ++c) dst[c] = kRound ? RoundBf16(row[c]) : row[c];
+      }
+    }
+  }
+}
+
+// Prefetches the cache rows of keys [j, j + nb) into the cache in `calls` shares (Some), so that the
+// next block's reads from memory overlap the current block's arithmetic.
+class Prefetcher {
+ public:
+  Prefetcher(const LatentCacheView& cache, const int32_t* pages, int64_t j, int64_t nb, int64_t calls)
+      : cache_(cache), pages_(pages), j_(j), end_(j + std::max<int64_t>(nb, 0)),
+        row_lines_((cache.row_width() * (cache.bf16() ? 2 : 4) + 63) / 64),
+        per_call_((std::max<int64_t>(nb, 0) * row_lines_ + calls - 1) / std::max<int64_t>(calls, 1)) {
+    if (j_ < end_) row_ = RowAt(j_);
+  }
+  void Some() {
+    for (int64_t i = 0; i < per_call_ && j_ < end_; ++i) {
+      _mm_prefetch(row_ + line_ * 64, _MM_HINT_T0);
+      if (++line_ == row_lines_) {
+        line_ = 0;
+        if (++j_ < end_) row_ = RowAt(j_);
+      }
+    }
+  }
+
+ private:
+  const char* RowAt(int64_t j) const {
+    return cache_.bf16() ? reinterpret_cast<const char*>(cache_.RowBf16(pages_, j))
+                         : reinterpret_cast<const char*>(cache_.Row(pages_, j));
+  }
+  const LatentCacheView& cache_;
+  const int32_t* pages_;
+  int64_t j_, end_, row_lines_, per_call_, line_ = 0;
+  const char* row_ = nullptr;
+};
+
 // kValues: the values path (out = a.out's token t, [H, dv], normalised at the end; blocks of
 // kValuesBlock keys); else the latent path into p (out [H, R], max, sum; blocks of kBlock keys).
 template <bool kRound, bool kValues>
@@ -210,31 +296,11 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
   const int32_t* pages = a.token_pages[t];
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    for (int64_t j = 0; j < nb; ++j) {
-      float* dst = sc.block.data() + j * W;
-      if (a.cache.pool_bf16) {  // bf16 rows: widened exactly (they are already the rounded values)
-        const uint16_t* row = a.cache.RowBf16(pages, j0 + b0 + j);
-        int64_t c = 0;
-        for (; c + 8 <= W; c += 8) {
-          const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-        }
-        for (; c < W; ++c) dst[c] = Bf16ToF32(row[c]);
-        sc.rows[j] = dst;
-        continue;
-      }
-      const float* row = a.cache.Row(pages, j0 + b0 + j);
-      if (!kRound) {
-        sc.rows[j] = row;
-        continue;
-      }
-      for (int64_t c = 0; c < W; c += 8) Store8(dst + c, W - c, RoundBf16x8(Load8(row + c, W - c)));
-      sc.rows[j] = dst;
-    }
+    PackBlock<kRound>(a.cache, pages, j0 + b0, nb, sc.block.data());
     float* st = sc.st.data();
     int64_t g = 0;
-    for (; g + 2 <= groups; g += 2) ScoreBlock<2>(sc.qt.data() + g * W * 8, W, sc.rows.data(), nb, a.scale, st + g * 8, ldst);
-    if (g < groups) ScoreBlock<1>(sc.qt.data() + g * W * 8, W, sc.rows.data(), nb, a.scale, st + g * 8, ldst);
+    for (; g + 2 <= groups; g += 2) ScoreBlock<2>(sc.qt.data() + g * W * 8, W, sc.block.data(), nb, a.scale, st + g * 8, ldst);
+    if (g < groups) ScoreBlock<1>(sc.qt.data() + g * W * 8, W, sc.block.data(), nb, a.scale, st + g * 8, ldst);
     // Online softmax per group of 8 heads: the running max, rescaling what was accumulated when it
     // grows, then the probabilities (rounded relative to the new max at bf16 precision).
     for (g = 0; g < groups; ++g) {
@@ -275,17 +341,21 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
         }
       continue;
     }
-    // Latent slices outer, so that a slice of the block's rows stays in L1 across the heads.
-    for (int64_t i0 = 0; i0 < R; i0 += 16)
+    // Latent slices outer, so that a slice of the block stays in L1 across the heads; meanwhile the
+    // next block's rows are prefetched, a share before each tile.
+    Prefetcher next(a.cache, pages, j0 + b0 + nb, std::min(block, n - b0 - nb), ((R + kSlice - 1) / kSlice) *
+                                                                                   ((H + kTileHeads - 1) / kTileHeads));
+    const float* pk = sc.block.data();
+    for (int64_t i0 = 0; i0 < R; i0 += kSlice)
       for (int64_t h = 0; h < H; h += kTileHeads) {
-        const float* const* rows = sc.rows.data();
+        next.Some();
         switch (std::min<int64_t>(kTileHeads, H - h)) {
-          case 1: AccumulateHeads<1>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
-          case 2: AccumulateHeads<2>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
-          case 3: AccumulateHeads<3>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
-          case 4: AccumulateHeads<4>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
-          case 5: AccumulateHeads<5>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
-          default: AccumulateHeads<kTileHeads>(st + h, ldst, rows, nb, i0, R, p.out + h * R); break;
+          case 1: AccumulateHeads<1>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
+          case 2: AccumulateHeads<2>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
+          case 3: AccumulateHeads<3>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
+          case 4: AccumulateHeads<4>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
+          case 5: AccumulateHeads<5>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
+          default: AccumulateHeads<kTileHeads>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
         }
       }
   }
@@ -304,15 +374,14 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
 #undef MOERUN_AVX2
 
 // Scratch for H heads and rows of W; false (logged) when it could not be allocated.
-bool Prepare(Scratch& sc, int64_t H, int64_t W, bool copy_rows, int64_t n) {
+bool Prepare(Scratch& sc, int64_t H, int64_t W, int64_t n) {
   const int64_t groups = (H + 7) / 8;
   try {
     sc.qt.resize(static_cast<size_t>(groups * W * 8));
-    if (copy_rows) sc.block.resize(static_cast<size_t>(kBlock * W));
+    sc.block.resize(static_cast<size_t>((W + kSlice - 1) / kSlice * kSliceStride));
     sc.st.resize(static_cast<size_t>(kBlock * groups * 8));
     sc.max.resize(static_cast<size_t>(groups * 8));
     sc.sum.resize(static_cast<size_t>(groups * 8));
-    sc.rows.resize(static_cast<size_t>(kBlock));
   } catch (const std::exception&) {
     LogScratchFailure("cpu backend: MlaAttention", n);
     return false;
@@ -325,7 +394,7 @@ thread_local Scratch tls_scratch;
 }  // namespace
 
 bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p) {
-  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round || a.cache.bf16(), j1 - j0))
+  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, j1 - j0))
     return false;
   (round ? Attend<true, false> : Attend<false, false>)(tls_scratch, a, t, j0, j1 - j0, p);
   return true;
@@ -337,7 +406,7 @@ bool AttendValues(const MlaAttentionArgs& a, int64_t t, bool round) {
     std::fill(a.out + t * a.n_heads * a.v_dim, a.out + (t + 1) * a.n_heads * a.v_dim, 0.0f);
     return true;
   }
-  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, round || a.cache.bf16(), n)) return false;
+  if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, n)) return false;
   (round ? Attend<true, true> : Attend<false, true>)(tls_scratch, a, t, 0, n, Partial{});
   return true;
 }

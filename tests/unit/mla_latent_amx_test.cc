@@ -165,6 +165,9 @@ void SpanCases(Check&& CheckSpan) {
   CheckSpan(paged, 0, 5, 401, "shuffled pages of 7");
   // 5 heads (a partial group), rows of 40 + 8: kv_rank and row width not multiples of 16 or 32.
   CheckSpan(MakeCase(5, 40, 8, 16, {150}, {0}, true, rng), 0, 3, 151, "5 heads, rows of 48");
+  // 3 heads, rows of 29 + 6: kv_rank and row width not multiples of 8 (the AVX2 kernel's packed
+  // block ends inside a vector).
+  CheckSpan(MakeCase(3, 29, 6, 16, {150}, {0}, true, rng), 0, 2, 151, "3 heads, rows of 35");
   // 20 heads: a whole and a partial group; no rope.
   CheckSpan(MakeCase(20, 96, 0, 16, {200}, {0}, false, rng), 0, 0, 201, "20 heads, no rope");
   // 128 heads (V3's count): eight groups sharing every key tile.
