@@ -129,6 +129,15 @@ void CpuBackend::Linear(const WeightView& w, const float* x, int64_t ldx, int64_
 // join waits for a descheduled thread. Large items (prefill) keep their own row-parallel kernels.
 namespace {
 q8::ActivationBuffers ThreadActivations(int slot, int64_t M, int64_t K);  // below
+
+// Per-thread list of n int8 jobs (LinearBatch, LinearSameInput, MoeExpertsAsJobs; none of them
+// calls another while it holds the list), so that a decode step does not allocate one per call.
+// Throws std::bad_alloc.
+std::vector<q8::Int8Job>& ThreadJobs(int64_t n) {
+  thread_local std::vector<q8::Int8Job> jobs;
+  jobs.resize(static_cast<size_t>(n));
+  return jobs;
+}
 }  // namespace
 
 void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x, int64_t x_step, int64_t ldx,
@@ -150,7 +159,7 @@ void CpuBackend::LinearBatch(const WeightView* w, int64_t count, const float* x,
   if (int8 && x_step != 0 && M < q8::amx::kMinRows) {
     const int64_t K = w[0].cols, G = q8::Groups(K), stride = q8::XqStride(K);
     const q8::ActivationBuffers a = ThreadActivations(2, count * M, K);
-    std::vector<q8::Int8Job> jobs(static_cast<size_t>(count));
+    std::vector<q8::Int8Job>& jobs = ThreadJobs(count);
     for (int64_t i = 0; i < count; ++i) {
       const q8::ActivationBuffers b{a.xq + i * M * stride, a.xs + i * M * G, a.xsum + i * M * G};
       QuantizeInt8(x + i * x_step, ldx, M, K, b);
@@ -259,7 +268,7 @@ void CpuBackend::LinearSameInput(const WeightView* w, int64_t count, const float
   // then run as one set of jobs (one parallel region).
   const q8::ActivationBuffers a = ThreadActivations(0, M, w[0].cols);
   QuantizeInt8(x, ldx, M, w[0].cols, a);
-  std::vector<q8::Int8Job> jobs(static_cast<size_t>(count));
+  std::vector<q8::Int8Job>& jobs = ThreadJobs(count);
   for (int64_t i = 0; i < count; ++i) jobs[i] = {w[i], a.xq, a.xs, a.xsum, M, y[i], M == 1 ? w[i].rows : ldy[i]};
   q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), count);
 }
@@ -328,7 +337,7 @@ void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationB
                                   int64_t slots_end) const {
   const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
   const q8::ActivationBuffers rows = ThreadActivations(1, slots_end, D);
-  std::vector<q8::Int8Job> jobs(static_cast<size_t>(2 * a.n_active));
+  std::vector<q8::Int8Job>& jobs = ThreadJobs(2 * a.n_active);
   for (int64_t i = 0; i < a.n_active; ++i) {
     const int64_t o = a.begin[i], m = a.count[i];
     const q8::ActivationBuffers b{rows.xq + o * stride, rows.xs + o * G, rows.xsum + o * G};

@@ -247,11 +247,8 @@ void LinearInt8JobsOn(Int8Path path, const Int8Job* jobs, int64_t n) {
   bool together = true;
   for (int64_t i = 0; i < n && together; ++i) {
     const Int8Job& j = jobs[i];
-    if (j.M <= 0 || j.w.rows <= 0 || j.w.cols <= 0) {
-      together = false;  // nothing to run, or zeros to write: LinearInt8On does either
-      break;
-    }
-    const Int8Path p = Resolve(path, j.M, s);
+    const bool work = j.M > 0 && j.w.rows > 0 && j.w.cols > 0;  // else LinearInt8On: nothing, or zeros
+    const Int8Path p = work ? Resolve(path, j.M, s) : Int8Path::kScalar;
     together = (p == Int8Path::kVnni || p == Int8Path::kAvx2) && (i == 0 || p == common);
     common = p;
   }
@@ -260,7 +257,10 @@ void LinearInt8JobsOn(Int8Path path, const Int8Job* jobs, int64_t n) {
       LinearInt8On(path, jobs[i].w, jobs[i].xq, jobs[i].xs, jobs[i].xsum, jobs[i].M, jobs[i].y, jobs[i].ldy);
     return;
   }
-  std::vector<PanelJob> split(static_cast<size_t>(n));  // may throw bad_alloc, as the callers' scratch may
+  // Kept per thread, so that a decode step does not allocate it per call; resize may throw bad_alloc,
+  // as the callers' scratch may.
+  thread_local std::vector<PanelJob> split;
+  split.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     const Int8Job& j = jobs[i];
     split[i] = PanelJob{MakeInt8Args(j.w, j.xq, j.xs, j.xsum, j.y, j.ldy), j.M};
