@@ -31,6 +31,7 @@
 #include <immintrin.h>
 
 #include "backends/cpu/q8_kernels.h"
+#include "runtime/core/parallel_for.h"
 
 namespace moerun::cpu::q8::avx2 {
 namespace {
@@ -225,8 +226,8 @@ PanelRangeFn PanelRange() { return Range; }
 
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
   const int64_t G = (K + kGroupCols - 1) / kGroupCols, stride = XqStride(K);
-#pragma omp parallel for schedule(static) if (M * K >= kMinParallelBytes)
-  for (int64_t m = 0; m < M; ++m) QuantizeRow(x + m * ldx, K, stride, xq + m * stride, xs + m * G, xsum + m * G);
+  ParallelFor(M, M * K >= kMinParallelBytes,
+              [&](int64_t m) { QuantizeRow(x + m * ldx, K, stride, xq + m * stride, xs + m * G, xsum + m * G); });
 }
 
 }  // namespace moerun::cpu::q8::avx2

@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include "backends/cpu/q8_kernels.h"
+#include "runtime/core/parallel_for.h"
 
 namespace moerun::cpu::q8::avx512 {
 namespace {
@@ -148,8 +149,8 @@ void F32Panels(const uint8_t* data, const float* scale, int64_t N, int64_t K, in
 
 void QuantizeActivations(const float* x, int64_t ldx, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
   const int64_t G = CeilDiv(K, kGroupCols), stride = XqStride(K);
-#pragma omp parallel for schedule(static) if (M * K >= kMinParallelBytes)
-  for (int64_t m = 0; m < M; ++m) QuantizeRow(x + m * ldx, K, stride, xq + m * stride, xs + m * G, xsum + m * G);
+  ParallelFor(M, M * K >= kMinParallelBytes,
+              [&](int64_t m) { QuantizeRow(x + m * ldx, K, stride, xq + m * stride, xs + m * G, xsum + m * G); });
 }
 
 void LinearF32(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y, int64_t ldy) {

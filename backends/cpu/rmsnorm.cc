@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "backends/cpu/cpu_backend_impl.h"
+#include "runtime/core/parallel_for.h"
 
 namespace moerun::cpu {
 
@@ -49,14 +50,13 @@ void CpuBackend::RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n,
                          int64_t ldy) const {
   if (M <= 0 || n <= 0 || !x || !w || !y) return;
   const bool avx = features_.avx512;
-#pragma omp parallel for schedule(static) if (M * n >= kMinParallel && M > 1)
-  for (int64_t m = 0; m < M; ++m) {
+  ParallelFor(M, M * n >= kMinParallel, [&](int64_t m) {
     if (avx) {
       RmsNormRowAvx512(x + m * ldx, w, n, eps, y + m * ldy);
     } else {
       RmsNormRowScalar(x + m * ldx, w, n, eps, y + m * ldy);
     }
-  }
+  });
 }
 
 }  // namespace moerun::cpu

@@ -55,8 +55,9 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
   const bool avx = features_.avx512;
   const int64_t n = 2 * half;
   std::atomic<bool> no_table{false};  // thrown as std::bad_alloc after the region
-#pragma omp parallel if (T * n_vec * half >= kMinParallel && T > 1)
-  {
+  // The body of one thread (its own angle table, its share of the tokens by the orphaned omp for):
+  // in a region when there is enough work, else on the calling thread without entering OpenMP.
+  auto work = [&] {
     // Head sizes are far below kStackPairs; larger ones get a heap table.
     constexpr int64_t kStackPairs = 256;
     float stack_table[4 * kStackPairs];
@@ -85,6 +86,12 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
         }
       }
     }
+  };
+  if (T * n_vec * half >= kMinParallel && T > 1) {
+#pragma omp parallel
+    work();
+  } else {
+    work();
   }
   if (no_table.load(std::memory_order_relaxed)) throw std::bad_alloc();
 }

@@ -6,6 +6,7 @@
 
 #include "backends/cpu/cpu_backend_impl.h"
 #include "backends/cpu/simd_avx2.h"
+#include "runtime/core/parallel_for.h"
 
 namespace moerun::cpu {
 
@@ -57,8 +58,7 @@ void CpuBackend::SiluMul(const float* gate, const float* up, float* out, int64_t
   if (n <= 0 || !gate || !up || !out) return;
   const bool avx = features_.avx512, avx2 = features_.avx2;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n >= kMinParallel)
-  for (int64_t c = 0; c < chunks; ++c) {
+  ParallelFor(chunks, n >= kMinParallel, [&](int64_t c) {
     const int64_t i0 = c * kChunk, len = std::min(kChunk, n - i0);
     if (avx) {
       SiluMulAvx512(gate + i0, up + i0, out + i0, len);
@@ -67,7 +67,7 @@ void CpuBackend::SiluMul(const float* gate, const float* up, float* out, int64_t
     } else {
       SiluMulScalar(gate + i0, up + i0, out + i0, len);
     }
-  }
+  });
 }
 
 }  // namespace moerun::cpu

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "runtime/core/parallel_errors.h"
+#include "runtime/core/parallel_for.h"
 #include "runtime/exec/session.h"
 #include "runtime/moe/router.h"
 
@@ -78,8 +79,13 @@ void Session::Forward(int64_t T) {
         RunMoe(*n.moe, n.layer, in, out, T);
         break;
       case fb::Op::ResidualAdd:
-#pragma omp parallel for simd schedule(static) if (T * D >= (1 << 18))
-        for (int64_t i = 0; i < T * D; ++i) out[i] += in[i];
+        if (T * D >= (1 << 18)) {
+#pragma omp parallel for simd schedule(static)
+          for (int64_t i = 0; i < T * D; ++i) out[i] += in[i];
+        } else {  // decode: no OpenMP region at all (see parallel_for.h)
+#pragma omp simd
+          for (int64_t i = 0; i < T * D; ++i) out[i] += in[i];
+        }
         break;
       case fb::Op::LmHead:
         RunLmHead(n, in, T);
@@ -185,8 +191,7 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
       // here once, the kernels may skip it (the same numbers: rounding twice changes nothing).
       a.values_bf16_exact = be.precision() == Precision::kBF16;
       if (a.values_bf16_exact) {
-#pragma omp parallel for schedule(static) if (hg * K * dv >= (1 << 18))
-        for (int64_t i = 0; i < hg * K * dv; ++i) v[i] = Bf16ToF32(F32ToBf16(v[i]));
+        ParallelFor(hg * K * dv, hg * K * dv >= (1 << 18), [&](int64_t i) { v[i] = Bf16ToF32(F32ToBf16(v[i])); });
       }
       for (int64_t t = 0; t < T; ++t) token_values_[t] = v + seq_first[seq_of_[t]] * dv;
       a.n_heads = hg;
@@ -247,11 +252,10 @@ void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* 
   const int max_threads = omp_get_max_threads();
   float* route_scratch = Scratch(kRouteScratch, static_cast<size_t>(per_thread * max_threads));
   // Tokens route independently (each thread with its own scratch); nothing here allocates or throws.
-#pragma omp parallel for schedule(static) if (T * E >= (1 << 12))
-  for (int64_t t = 0; t < T; ++t) {
+  ParallelFor(T, T * E >= (1 << 12), [&](int64_t t) {
     float* mine = route_scratch + per_thread * (omp_get_thread_num() % max_threads);
     RouteToken(c, logits + t * E, w.bias, mine, &route_experts_[t * K], &route_weights_[t * K]);
-  }
+  });
   std::fill(expert_offset_.begin(), expert_offset_.end(), 0);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t k = 0; k < K; ++k) ++expert_offset_[route_experts_[t * K + k] + 1];
@@ -315,8 +319,7 @@ void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* 
   be.MoeExperts(a);
   const float* ys = a.y;
   // y[t] += Σ_k weight[t, k] · expert output, in k order.
-#pragma omp parallel for schedule(static) if (S * D >= (1 << 16))
-  for (int64_t t = 0; t < T; ++t) {
+  ParallelFor(T, S * D >= (1 << 16), [&](int64_t t) {
     float* yt = y + t * D;
     for (int64_t k = 0; k < K; ++k) {
       const float wt = route_weights_[t * K + k];
@@ -325,7 +328,7 @@ void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* 
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) yt[d] += wt * src[d];
     }
-  }
+  });
 }
 
 void Session::RunLmHead(const GraphNode& n, const float* x, int64_t T) {
