@@ -38,7 +38,7 @@ using mla::TransposeQueries;
 constexpr int64_t kKeyBlock = 64;
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;  // multiply-adds
 // Decode splits a token's keys into spans of at least this many keys, and at most kMaxSpans spans.
-constexpr int64_t kMinKeysPerSpan = 128;
+constexpr int64_t kMinKeysPerSpan = 64;
 constexpr int64_t kMaxSpans = 16;
 // How many keys ahead the accumulation prefetches the rows' slices.
 constexpr int64_t kPrefetchKeys = 6;
@@ -433,10 +433,12 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   }
   // Few tokens (decode): split each token's keys into spans, so that the threads share the reads of
   // its cache rows instead of each streaming all of them, and merge the spans' softmax afterwards.
-  const int64_t spans =
-      T >= 2 * threads ? 1
-                       : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
-                                             std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
+  int64_t spans = T >= 2 * threads ? 1
+                                    : std::clamp<int64_t>((2 * threads + T - 1) / T, 1,
+                                                          std::clamp<int64_t>(most / kMinKeysPerSpan, 1, kMaxSpans));
+  // Whole rounds: T·spans a multiple of the threads where there are more items than threads (three
+  // spans on two threads left one thread a span behind the other).
+  while (spans > 1 && T * spans > threads && (T * spans) % threads != 0) --spans;
   const Kernel kernel = AmxAttention()   ? Kernel::kAmxBf16
                         : avx512         ? Kernel::kAvx512
                         : features_.avx2 ? Kernel::kAvx2
