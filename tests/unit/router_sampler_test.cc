@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 #include <vector>
@@ -112,6 +114,43 @@ TEST(Sampler, GreedyIsArgmaxLowestIdOnTies) {
   Sampler s(SamplerParams{});
   const float l[5] = {0.0f, 2.0f, 2.0f, NAN, -1.0f};
   EXPECT_EQ(s.Sample(l, 5), 1);
+}
+
+// Greedy over a vocabulary's worth of logits: the largest that is not NaN, lowest id on ties, 0 when
+// all are NaN; the maximum placed in every lane of a vector and in the tail past the last 8.
+TEST(Sampler, ArgmaxOverLongRows) {
+  auto reference = [](const std::vector<float>& l) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < static_cast<int64_t>(l.size()); ++i)
+      if (l[i] > l[best] || (std::isnan(l[best]) && !std::isnan(l[i]))) best = i;
+    return static_cast<int32_t>(best);
+  };
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t n : {1, 7, 8, 9, 100003}) {
+    std::vector<float> l(static_cast<size_t>(n));
+    for (float& v : l) v = nd(rng);
+    for (int64_t i = 0; i < n; i += 97) l[i] = NAN;
+    std::vector<int64_t> places = {0, n - 1};
+    for (int64_t r = 0; r < 8; ++r) places.push_back(std::min(n - 1, 8 * (n / 16) + r));  // every lane
+    for (int64_t at : places) {
+      std::vector<float> c = l;
+      c[at] = 50.0f;
+      EXPECT_EQ(Sampler::Argmax(c.data(), n), at) << n << " " << at;
+      if (at + 13 < n) c[at + 13] = 50.0f;  // a tie in another lane: the lower id wins
+      EXPECT_EQ(Sampler::Argmax(c.data(), n), at) << n << " " << at << ", tied";
+      EXPECT_EQ(Sampler::Argmax(c.data(), n), reference(c));
+    }
+    std::vector<float> nans(static_cast<size_t>(n), NAN);
+    EXPECT_EQ(Sampler::Argmax(nans.data(), n), 0);
+    nans[n - 1] = -inf;  // the only number: it wins though it is -inf
+    EXPECT_EQ(Sampler::Argmax(nans.data(), n), n - 1);
+    std::vector<float> low(static_cast<size_t>(n), -inf);
+    low[0] = NAN;
+    EXPECT_EQ(Sampler::Argmax(low.data(), n), reference(low));
+    EXPECT_EQ(Sampler::Argmax(l.data(), n), reference(l));
+  }
 }
 
 TEST(Sampler, SeedIsReproducibleAndTopKRestricts) {
