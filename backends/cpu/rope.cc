@@ -2,6 +2,8 @@
 // with cos/sin scaled by attention_factor (as transformers computes it).
 #include "backends/cpu/simd_avx512.h"  // first: see there
 
+#include <omp.h>
+
 #include <atomic>
 #include <cmath>
 #include <new>
@@ -55,9 +57,10 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
   const bool avx = features_.avx512;
   const int64_t n = 2 * half;
   std::atomic<bool> no_table{false};  // thrown as std::bad_alloc after the region
-  // The body of one thread (its own angle table, its share of the tokens by the orphaned omp for):
-  // in a region when there is enough work, else on the calling thread without entering OpenMP.
-  auto work = [&] {
+  // Tokens [t0, t1) with one angle table: each thread's contiguous share in a region when there is
+  // enough work, else all of them on the calling thread without entering OpenMP (no orphaned
+  // worksharing, so a caller inside a parallel region still rotates every token).
+  auto work = [&](int64_t t0, int64_t t1) {
     // Head sizes are far below kStackPairs; larger ones get a heap table.
     constexpr int64_t kStackPairs = 256;
     float stack_table[4 * kStackPairs];
@@ -73,8 +76,7 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
       }
     }
     float* sn = cs ? cs + n : nullptr;
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
       if (!cs) continue;
       Angles(positions[t], inv_freq, half, attention_factor, cs, sn);
       for (int64_t v = 0; v < n_vec; ++v) {
@@ -89,9 +91,12 @@ void CpuBackend::Rope(float* x, int64_t T, int64_t n_vec, int64_t stride_token, 
   };
   if (T * n_vec * half >= kMinParallel && T > 1) {
 #pragma omp parallel
-    work();
+    {
+      const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+      work(T * id / nt, T * (id + 1) / nt);
+    }
   } else {
-    work();
+    work(0, T);
   }
   if (no_table.load(std::memory_order_relaxed)) throw std::bad_alloc();
 }
