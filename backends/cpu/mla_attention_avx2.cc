@@ -4,7 +4,8 @@
 //
 // Same plan as the AVX-512 kernel of mla_attention.cc with 8 lanes: keys in blocks of 128 rows,
 // packed into scratch in slices of 16 columns (295 KiB at kv_rank 512, L2-resident while every head
-// group uses them; see kSlice), while the next block's rows are prefetched; the AMX latent kernel's
+// group uses them; see kSlice), while the next block's rows are prefetched (the exact f32 path reads
+// an f32 cache's rows in place instead, see PackedKeys and RowKeys); the AMX latent kernel's
 // blocks, so both round the probabilities relative to the same running max. Scores with the queries
 // stored transposed per group of 8 heads, so each key element is broadcast into one FMA for 8 heads
 // and no horizontal sums are needed; an online softmax per block; then the probability-weighted rows
@@ -85,9 +86,10 @@ MOERUN_AVX2 inline __m256 Exp8(__m256 x) {
 
 struct Scratch {
   std::vector<float> qt;           // [groups, W, 8]: queries transposed per group of 8 heads
-  std::vector<float> block;        // the block's rows, packed (PackBlock)
+  std::vector<float> block;        // the block's rows, packed (PackBlock; not on the in-place path)
   std::vector<float> st;           // [kBlock, groups * 8]: scores, then probabilities
   std::vector<float> max, sum;     // [groups * 8]
+  std::vector<const float*> rows;  // [kBlock]: the block's f32 rows, on the in-place path
 };
 
 // The block's rows packed in slices of 16 columns: column c of key j at
@@ -99,17 +101,35 @@ struct Scratch {
 constexpr int64_t kSlice = 16;
 constexpr int64_t kSliceStride = kBlock * kSlice + 16;
 
-// st[j][g..g+NG) for NK keys: NG groups of 8 heads against keys [0, NK) of the packed block pk (its
-// key 0), all W columns.
-template <int NG, int NK>
-MOERUN_AVX2 void Scores(const float* qt, int64_t W, const float* pk, float scale, float* st, int64_t ldst) {
+// Where a block's keys are read: the packed block, or f32 cache rows in place. The exact f32 path
+// (no rounding, an f32 cache) reads its rows where they are, without the prefetch: packing and
+// prefetching them too made that path 14-18% slower at 4096 keys (8 layers, one thread, interleaved
+// with the unpacked kernel).
+// The kernels take either as a template argument; At(j, s0) is key j's columns [s0, s0 + kSlice), s0
+// a multiple of kSlice, contiguous in both forms.
+struct PackedKeys {
+  const float* pk;
+  const float* At(int64_t j, int64_t s0) const { return pk + (s0 / kSlice) * kSliceStride + j * kSlice; }
+};
+struct RowKeys {
+  const float* const* rows;
+  const float* At(int64_t j, int64_t s0) const { return rows[j] + s0; }
+};
+
+// st[j][g..g+NG) for NK keys: NG groups of 8 heads against the block's keys [j, j + NK), all W
+// columns.
+template <int NG, int NK, typename Keys>
+MOERUN_AVX2 void Scores(const float* qt, int64_t W, const Keys& keys, int64_t j, float scale, float* st,
+                        int64_t ldst) {
   __m256 acc[NG][NK];
 #pragma GCC unroll 2
   for (int g = 0; g < NG; ++g)
 #pragma GCC unroll 6
     for (int k = 0; k < NK; ++k) acc[g][k] = _mm256_setzero_ps();
   for (int64_t s0 = 0; s0 < W; s0 += kSlice) {
-    const float* slice = pk + (s0 / kSlice) * kSliceStride;
+    const float* key_at[NK];
+#pragma GCC unroll 6
+    for (int k = 0; k < NK; ++k) key_at[k] = keys.At(j + k, s0);
     const int64_t cn = std::min(kSlice, W - s0);
     for (int64_t i = 0; i < cn; ++i) {
       __m256 q[NG];
@@ -117,7 +137,7 @@ MOERUN_AVX2 void Scores(const float* qt, int64_t W, const float* pk, float scale
       for (int g = 0; g < NG; ++g) q[g] = _mm256_loadu_ps(qt + (g * W + s0 + i) * 8);
 #pragma GCC unroll 6
       for (int k = 0; k < NK; ++k) {
-        const __m256 key = _mm256_broadcast_ss(slice + k * kSlice + i);
+        const __m256 key = _mm256_broadcast_ss(key_at[k] + i);
 #pragma GCC unroll 2
         for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q[g], key, acc[g][k]);
       }
@@ -127,25 +147,25 @@ MOERUN_AVX2 void Scores(const float* qt, int64_t W, const float* pk, float scale
 #pragma GCC unroll 2
   for (int g = 0; g < NG; ++g)
 #pragma GCC unroll 6
-    for (int k = 0; k < NK; ++k) _mm256_storeu_ps(st + k * ldst + g * 8, _mm256_mul_ps(s, acc[g][k]));
+    for (int k = 0; k < NK; ++k) _mm256_storeu_ps(st + (j + k) * ldst + g * 8, _mm256_mul_ps(s, acc[g][k]));
 }
 
-// The scores of nb keys of the packed block for NG groups of heads: six keys per register tile (12
+// The scores of the block's nb keys for NG groups of heads: six keys per register tile (12
 // accumulators at two groups), then fours and ones (six measured ~2% faster than four alone).
-template <int NG>
-MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const float* pk, int64_t nb, float scale, float* st,
+template <int NG, typename Keys>
+MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const Keys& keys, int64_t nb, float scale, float* st,
                             int64_t ldst) {
   int64_t j = 0;
-  for (; j + 6 <= nb; j += 6) Scores<NG, 6>(qt, W, pk + j * kSlice, scale, st + j * ldst, ldst);
-  for (; j + 4 <= nb; j += 4) Scores<NG, 4>(qt, W, pk + j * kSlice, scale, st + j * ldst, ldst);
-  for (; j < nb; ++j) Scores<NG, 1>(qt, W, pk + j * kSlice, scale, st + j * ldst, ldst);
+  for (; j + 6 <= nb; j += 6) Scores<NG, 6>(qt, W, keys, j, scale, st, ldst);
+  for (; j + 4 <= nb; j += 4) Scores<NG, 4>(qt, W, keys, j, scale, st, ldst);
+  for (; j < nb; ++j) Scores<NG, 1>(qt, W, keys, j, scale, st, ldst);
 }
 
 // out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= kTileHeads); kFull: all
 // 16 lanes inside R (no masks), else lanes past R masked. Six heads keep 12 accumulators in flight
 // (two FMA pipes of 4 cycles' latency need 8) and load 8 vectors per 12 FMAs (4 heads: 6 per 8).
-template <int NH, bool kFull>
-MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* pk, int64_t nb, int64_t i0, int64_t R,
+template <int NH, bool kFull, typename Keys>
+MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const Keys& keys, int64_t nb, int64_t i0, int64_t R,
                             float* out) {
   const __m256i m0 = TailMask8(R - i0), m1 = TailMask8(R - i0 - 8);
   auto load = [&](const float* x, int k) MOERUN_AVX2 {
@@ -157,9 +177,9 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* pk, int6
     acc[h][0] = load(out + h * R + i0, 0);
     acc[h][1] = load(out + h * R + i0, 1);
   }
-  const float* slice = pk + (i0 / kSlice) * kSliceStride;
   for (int64_t j = 0; j < nb; ++j) {
-    const __m256 r0 = load(slice + j * kSlice, 0), r1 = load(slice + j * kSlice, 1);
+    const float* row = keys.At(j, i0);
+    const __m256 r0 = load(row, 0), r1 = load(row, 1);
 #pragma GCC unroll 6
     for (int h = 0; h < NH; ++h) {
       const __m256 e = _mm256_broadcast_ss(st + j * ldst + h);
@@ -174,10 +194,10 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const float* pk, int6
   }
 }
 
-template <int NH>
-MOERUN_AVX2 void AccumulateHeads(const float* st, int64_t ldst, const float* pk, int64_t nb, int64_t i0, int64_t R,
+template <int NH, typename Keys>
+MOERUN_AVX2 void AccumulateHeads(const float* st, int64_t ldst, const Keys& keys, int64_t nb, int64_t i0, int64_t R,
                                  float* out) {
-  (i0 + 16 <= R ? Accumulate<NH, true> : Accumulate<NH, false>)(st, ldst, pk, nb, i0, R, out);
+  (i0 + 16 <= R ? Accumulate<NH, true, Keys> : Accumulate<NH, false, Keys>)(st, ldst, keys, nb, i0, R, out);
 }
 
 // o[i0, i0 + 64) += Σ_j p[j] v_j[i0, i0 + 64) for one head (v_j = v + j·dv), lanes past dv masked;
@@ -206,18 +226,20 @@ MOERUN_AVX2 void AccumulateValues(const float* st, int64_t ldst, const float* v,
   for (int k = 0; k < 8; ++k) Store8(o + i0 + 8 * k, kFull ? 8 : dv - i0 - 8 * k, acc[k]);
 }
 
-// Keys [j, j + nb) of the cache (pages: the token's page table) into the packed block pk (see
-// kSlice): bf16 rows widened exactly (they are already the rounded values), f32 rows rounded to bf16
-// with kRound, else copied.
-template <bool kRound>
+// The first byte of key j's cache row (pages: the token's page table), f32 or bf16.
+const char* RowBytes(const LatentCacheView& cache, const int32_t* pages, int64_t j) {
+  return cache.bf16() ? reinterpret_cast<const char*>(cache.RowBf16(pages, j))
+                      : reinterpret_cast<const char*>(cache.Row(pages, j));
+}
+
+// Keys [j, j + nb) of the cache into the packed block pk (see kSlice): bf16 rows widened exactly
+// (they are already the rounded values), f32 rows rounded to bf16. Slice by slice, so that the stores
+// run through each slice's keys in order (row by row, 36 slices a row, it took ~14% longer in one
+// profile).
 MOERUN_AVX2 void PackBlock(const LatentCacheView& cache, const int32_t* pages, int64_t j, int64_t nb, float* pk) {
   const int64_t W = cache.row_width();
-  // Slice-major, so that the stores run through each slice's keys in order (key-major stores, 36
-  // slices a row, kept a third of this kernel's time waiting on L1).
   const char* rows[kBlock];
-  for (int64_t k = 0; k < nb; ++k)
-    rows[k] = cache.bf16() ? reinterpret_cast<const char*>(cache.RowBf16(pages, j + k))
-                           : reinterpret_cast<const char*>(cache.Row(pages, j + k));
+  for (int64_t k = 0; k < nb; ++k) rows[k] = RowBytes(cache, pages, j + k);
   for (int64_t c0 = 0; c0 < W; c0 += 8) {
     float* dst = pk + (c0 / kSlice) * kSliceStride + c0 % kSlice;
     const bool whole = c0 + 8 <= W;
@@ -234,10 +256,9 @@ MOERUN_AVX2 void PackBlock(const LatentCacheView& cache, const int32_t* pages, i
       }
       const float* row = reinterpret_cast<const float*>(rows[k]) + c0;
       if (whole) {
-        const __m256 v = _mm256_loadu_ps(row);
-        _mm256_storeu_ps(dst, kRound ? RoundBf16x8(v) : v);
+        _mm256_storeu_ps(dst, RoundBf16x8(_mm256_loadu_ps(row)));
       } else {
-        for (int64_t c = 0; c < W - c0; ++c) dst[c] = kRound ? RoundBf16(row[c]) : row[c];
+        for (int64_t c = 0; c < W - c0; ++c) dst[c] = RoundBf16(row[c]);
       }
     }
   }
@@ -251,23 +272,19 @@ class Prefetcher {
       : cache_(cache), pages_(pages), j_(j), end_(j + std::max<int64_t>(nb, 0)),
         row_lines_((cache.row_width() * (cache.bf16() ? 2 : 4) + 63) / 64),
         per_call_((std::max<int64_t>(nb, 0) * row_lines_ + calls - 1) / std::max<int64_t>(calls, 1)) {
-    if (j_ < end_) row_ = RowAt(j_);
+    if (j_ < end_) row_ = RowBytes(cache_, pages_, j_);
   }
   void Some() {
     for (int64_t i = 0; i < per_call_ && j_ < end_; ++i) {
       _mm_prefetch(row_ + line_ * 64, _MM_HINT_T0);
       if (++line_ == row_lines_) {
         line_ = 0;
-        if (++j_ < end_) row_ = RowAt(j_);
+        if (++j_ < end_) row_ = RowBytes(cache_, pages_, j_);
       }
     }
   }
 
  private:
-  const char* RowAt(int64_t j) const {
-    return cache_.bf16() ? reinterpret_cast<const char*>(cache_.RowBf16(pages_, j))
-                         : reinterpret_cast<const char*>(cache_.Row(pages_, j));
-  }
   const LatentCacheView& cache_;
   const int32_t* pages_;
   int64_t j_, end_, row_lines_, per_call_, line_ = 0;
@@ -294,16 +311,31 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
   std::fill(sc.max.begin(), sc.max.end(), -INFINITY);
   std::fill(sc.sum.begin(), sc.sum.end(), 0.0f);
   const int32_t* pages = a.token_pages[t];
+  // Exact f32 (no rounding) on an f32 cache: the rows are read in place, not packed (see Keys).
+  const bool in_place = !kRound && !a.cache.bf16();
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    PackBlock<kRound>(a.cache, pages, j0 + b0, nb, sc.block.data());
+    if (in_place) {
+      for (int64_t j = 0; j < nb; ++j) sc.rows[j] = a.cache.Row(pages, j0 + b0 + j);
+    } else {
+      PackBlock(a.cache, pages, j0 + b0, nb, sc.block.data());
+    }
+    const PackedKeys packed{sc.block.data()};
+    const RowKeys rows{sc.rows.data()};
     float* st = sc.st.data();
-    int64_t g = 0;
-    for (; g + 2 <= groups; g += 2) ScoreBlock<2>(sc.qt.data() + g * W * 8, W, sc.block.data(), nb, a.scale, st + g * 8, ldst);
-    if (g < groups) ScoreBlock<1>(sc.qt.data() + g * W * 8, W, sc.block.data(), nb, a.scale, st + g * 8, ldst);
+    auto score = [&](const auto& keys) MOERUN_AVX2 {
+      int64_t g = 0;
+      for (; g + 2 <= groups; g += 2) ScoreBlock<2>(sc.qt.data() + g * W * 8, W, keys, nb, a.scale, st + g * 8, ldst);
+      if (g < groups) ScoreBlock<1>(sc.qt.data() + g * W * 8, W, keys, nb, a.scale, st + g * 8, ldst);
+    };
+    if (in_place) {
+      score(rows);
+    } else {
+      score(packed);
+    }
     // Online softmax per group of 8 heads: the running max, rescaling what was accumulated when it
     // grows, then the probabilities (rounded relative to the new max at bf16 precision).
-    for (g = 0; g < groups; ++g) {
+    for (int64_t g = 0; g < groups; ++g) {
       __m256 bmax = _mm256_set1_ps(-INFINITY);
       for (int64_t j = 0; j < nb; ++j) bmax = _mm256_max_ps(bmax, _mm256_loadu_ps(st + j * ldst + g * 8));
       const __m256 old_max = _mm256_loadu_ps(sc.max.data() + g * 8), new_max = _mm256_max_ps(old_max, bmax);
@@ -342,22 +374,28 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
       continue;
     }
     // Latent slices outer, so that a slice of the block stays in L1 across the heads; meanwhile the
-    // next block's rows are prefetched, a share before each tile.
-    Prefetcher next(a.cache, pages, j0 + b0 + nb, std::min(block, n - b0 - nb), ((R + kSlice - 1) / kSlice) *
-                                                                                   ((H + kTileHeads - 1) / kTileHeads));
-    const float* pk = sc.block.data();
-    for (int64_t i0 = 0; i0 < R; i0 += kSlice)
-      for (int64_t h = 0; h < H; h += kTileHeads) {
-        next.Some();
-        switch (std::min<int64_t>(kTileHeads, H - h)) {
-          case 1: AccumulateHeads<1>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
-          case 2: AccumulateHeads<2>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
-          case 3: AccumulateHeads<3>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
-          case 4: AccumulateHeads<4>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
-          case 5: AccumulateHeads<5>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
-          default: AccumulateHeads<kTileHeads>(st + h, ldst, pk, nb, i0, R, p.out + h * R); break;
+    // next block's rows are prefetched (unless read in place), a share before each tile.
+    Prefetcher next(a.cache, pages, j0 + b0 + nb, in_place ? 0 : std::min(block, n - b0 - nb),
+                    ((R + kSlice - 1) / kSlice) * ((H + kTileHeads - 1) / kTileHeads));
+    auto weigh = [&](const auto& keys) MOERUN_AVX2 {
+      for (int64_t i0 = 0; i0 < R; i0 += kSlice)
+        for (int64_t h = 0; h < H; h += kTileHeads) {
+          next.Some();
+          switch (std::min<int64_t>(kTileHeads, H - h)) {
+            case 1: AccumulateHeads<1>(st + h, ldst, keys, nb, i0, R, p.out + h * R); break;
+            case 2: AccumulateHeads<2>(st + h, ldst, keys, nb, i0, R, p.out + h * R); break;
+            case 3: AccumulateHeads<3>(st + h, ldst, keys, nb, i0, R, p.out + h * R); break;
+            case 4: AccumulateHeads<4>(st + h, ldst, keys, nb, i0, R, p.out + h * R); break;
+            case 5: AccumulateHeads<5>(st + h, ldst, keys, nb, i0, R, p.out + h * R); break;
+            default: AccumulateHeads<kTileHeads>(st + h, ldst, keys, nb, i0, R, p.out + h * R); break;
+          }
         }
-      }
+    };
+    if (in_place) {
+      weigh(rows);
+    } else {
+      weigh(packed);
+    }
   }
   if (kValues) {
     for (int64_t h = 0; h < H; ++h) {
@@ -379,6 +417,7 @@ bool Prepare(Scratch& sc, int64_t H, int64_t W, int64_t n) {
   try {
     sc.qt.resize(static_cast<size_t>(groups * W * 8));
     sc.block.resize(static_cast<size_t>((W + kSlice - 1) / kSlice * kSliceStride));
+    sc.rows.resize(static_cast<size_t>(kBlock));
     sc.st.resize(static_cast<size_t>(kBlock * groups * 8));
     sc.max.resize(static_cast<size_t>(groups * 8));
     sc.sum.resize(static_cast<size_t>(groups * 8));
