@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <type_traits>
 #include <vector>
 
 namespace moerun::cpu::mla::avx2 {
@@ -90,6 +91,7 @@ struct Scratch {
   std::vector<float> st;           // [kBlock, groups * 8]: scores, then probabilities
   std::vector<float> max, sum;     // [groups * 8]
   std::vector<const float*> rows;  // [kBlock]: the block's f32 rows, on the in-place path
+  std::vector<const uint16_t*> rows16;  // [kBlock]: its bf16 rows, on the bf16 in-place path
 };
 
 // The block's rows packed in slices of 16 columns: column c of key j at
@@ -115,6 +117,33 @@ struct RowKeys {
   const float* const* rows;
   const float* At(int64_t j, int64_t s0) const { return rows[j] + s0; }
 };
+// A bf16 cache's rows read in place at bf16 precision (Bf16InPlace): the kernels widen the bf16
+// values in registers, two columns per 32-bit word (column c in the low half: shifted up; c + 1 in
+// the high half: masked), so there is no packing. The same values in the same order as the packed
+// block, so the same bits. The packing was 16-20% of a decode step's attention (8 layers, 600 and
+// 4096 keys, one thread).
+struct Bf16Keys {
+  const uint16_t* const* rows;
+};
+template <typename Keys>
+inline constexpr bool kBf16Keys = std::is_same_v<Keys, Bf16Keys>;
+
+// Rows that Bf16Keys can read: whole slices of latents and whole words of columns (DeepSeek's 512 +
+// 64). Other shapes pack their blocks.
+inline bool Bf16InPlace(const LatentCacheView& cache) {
+  return cache.bf16() && cache.kv_rank % kSlice == 0 && cache.row_width() % 2 == 0;
+}
+
+// Columns c (low half) and c + 1 (high half) of a bf16 row as f32, in every lane.
+MOERUN_AVX2 inline __m256 WordLow(__m256i w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
+MOERUN_AVX2 inline __m256 WordHigh(__m256i w) {
+  return _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+MOERUN_AVX2 inline __m256i BroadcastWord(const uint16_t* p) {
+  int32_t w;
+  std::memcpy(&w, p, sizeof(w));
+  return _mm256_set1_epi32(w);
+}
 
 // st[j][g..g+NG) for NK keys: NG groups of 8 heads against the block's keys [j, j + NK), all W
 // columns.
@@ -126,20 +155,41 @@ MOERUN_AVX2 void Scores(const float* qt, int64_t W, const Keys& keys, int64_t j,
   for (int g = 0; g < NG; ++g)
 #pragma GCC unroll 6
     for (int k = 0; k < NK; ++k) acc[g][k] = _mm256_setzero_ps();
-  for (int64_t s0 = 0; s0 < W; s0 += kSlice) {
-    const float* key_at[NK];
+  if constexpr (kBf16Keys<Keys>) {
+    const uint16_t* key_at[NK];
 #pragma GCC unroll 6
-    for (int k = 0; k < NK; ++k) key_at[k] = keys.At(j + k, s0);
-    const int64_t cn = std::min(kSlice, W - s0);
-    for (int64_t i = 0; i < cn; ++i) {
-      __m256 q[NG];
+    for (int k = 0; k < NK; ++k) key_at[k] = keys.rows[j + k];
+    for (int64_t c = 0; c < W; c += 2) {  // W is even (Bf16InPlace)
+      __m256 q0[NG], q1[NG];
 #pragma GCC unroll 2
-      for (int g = 0; g < NG; ++g) q[g] = _mm256_loadu_ps(qt + (g * W + s0 + i) * 8);
+      for (int g = 0; g < NG; ++g) {
+        q0[g] = _mm256_loadu_ps(qt + (g * W + c) * 8);
+        q1[g] = _mm256_loadu_ps(qt + (g * W + c + 1) * 8);
+      }
 #pragma GCC unroll 6
       for (int k = 0; k < NK; ++k) {
-        const __m256 key = _mm256_broadcast_ss(key_at[k] + i);
+        const __m256i w = BroadcastWord(key_at[k] + c);
+        const __m256 lo = WordLow(w), hi = WordHigh(w);
 #pragma GCC unroll 2
-        for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q[g], key, acc[g][k]);
+        for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q1[g], hi, _mm256_fmadd_ps(q0[g], lo, acc[g][k]));
+      }
+    }
+  } else {
+    for (int64_t s0 = 0; s0 < W; s0 += kSlice) {
+      const float* key_at[NK];
+#pragma GCC unroll 6
+      for (int k = 0; k < NK; ++k) key_at[k] = keys.At(j + k, s0);
+      const int64_t cn = std::min(kSlice, W - s0);
+      for (int64_t i = 0; i < cn; ++i) {
+        __m256 q[NG];
+#pragma GCC unroll 2
+        for (int g = 0; g < NG; ++g) q[g] = _mm256_loadu_ps(qt + (g * W + s0 + i) * 8);
+#pragma GCC unroll 6
+        for (int k = 0; k < NK; ++k) {
+          const __m256 key = _mm256_broadcast_ss(key_at[k] + i);
+#pragma GCC unroll 2
+          for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q[g], key, acc[g][k]);
+        }
       }
     }
   }
@@ -155,10 +205,24 @@ MOERUN_AVX2 void Scores(const float* qt, int64_t W, const Keys& keys, int64_t j,
 template <int NG, typename Keys>
 MOERUN_AVX2 void ScoreBlock(const float* qt, int64_t W, const Keys& keys, int64_t nb, float scale, float* st,
                             int64_t ldst) {
+  // On bf16 rows, fours: six keys' accumulators and two columns' queries did not fit the registers.
+  constexpr int kWide = kBf16Keys<Keys> ? 4 : 6;
   int64_t j = 0;
-  for (; j + 6 <= nb; j += 6) Scores<NG, 6>(qt, W, keys, j, scale, st, ldst);
+  for (; j + kWide <= nb; j += kWide) Scores<NG, kWide>(qt, W, keys, j, scale, st, ldst);
   for (; j + 4 <= nb; j += 4) Scores<NG, 4>(qt, W, keys, j, scale, st, ldst);
   for (; j < nb; ++j) Scores<NG, 1>(qt, W, keys, j, scale, st, ldst);
+}
+
+// acc[h] += p[h] · (r0, r1) for NH heads: one key of the weighted sum.
+template <int NH>
+MOERUN_AVX2 __attribute__((always_inline)) inline void WeighKey(const float* p, __m256 r0, __m256 r1,
+                                                                __m256 (*acc)[2]) {
+#pragma GCC unroll 6
+  for (int h = 0; h < NH; ++h) {
+    const __m256 e = _mm256_broadcast_ss(p + h);
+    acc[h][0] = _mm256_fmadd_ps(e, r0, acc[h][0]);
+    acc[h][1] = _mm256_fmadd_ps(e, r1, acc[h][1]);
+  }
 }
 
 // out[h][i0, i0 + 16) += Σ_j p[j][h] row_j[i0, i0 + 16) for NH heads (NH <= kTileHeads); kFull: all
@@ -180,12 +244,7 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const Keys& keys, int
   for (int64_t j = 0; j < nb; ++j) {
     const float* row = keys.At(j, i0);
     const __m256 r0 = load(row, 0), r1 = load(row, 1);
-#pragma GCC unroll 6
-    for (int h = 0; h < NH; ++h) {
-      const __m256 e = _mm256_broadcast_ss(st + j * ldst + h);
-      acc[h][0] = _mm256_fmadd_ps(e, r0, acc[h][0]);
-      acc[h][1] = _mm256_fmadd_ps(e, r1, acc[h][1]);
-    }
+    WeighKey<NH>(st + j * ldst, r0, r1, acc);
   }
 #pragma GCC unroll 6
   for (int h = 0; h < NH; ++h) {
@@ -194,10 +253,41 @@ MOERUN_AVX2 void Accumulate(const float* st, int64_t ldst, const Keys& keys, int
   }
 }
 
+// Accumulate on a bf16 cache's rows in place (Bf16Keys; whole slices): a key's 16 columns are one
+// 32-byte load, widened as the even columns (low halves) and the odd ones (high halves), so the
+// accumulators hold out's slice deinterleaved for the block.
+template <int NH>
+MOERUN_AVX2 void AccumulateBf16(const float* st, int64_t ldst, const Bf16Keys& keys, int64_t nb, int64_t i0,
+                                int64_t R, float* out) {
+  __m256 acc[NH][2];  // even columns, odd columns
+#pragma GCC unroll 6
+  for (int h = 0; h < NH; ++h) {
+    const __m256 a = _mm256_loadu_ps(out + h * R + i0), b = _mm256_loadu_ps(out + h * R + i0 + 8);
+    // (a0 a2 b0 b2 | a4 a6 b4 b6) → (a0 a2 a4 a6 b0 b2 b4 b6); odd columns likewise.
+    acc[h][0] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+    acc[h][1] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+  }
+  for (int64_t j = 0; j < nb; ++j) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys.rows[j] + i0));
+    WeighKey<NH>(st + j * ldst, WordLow(w), WordHigh(w), acc);
+  }
+#pragma GCC unroll 6
+  for (int h = 0; h < NH; ++h) {
+    // (e0 o0 e1 o1 | e4 o4 e5 o5) and (e2 o2 e3 o3 | e6 o6 e7 o7) → columns 0-7 and 8-15.
+    const __m256 lo = _mm256_unpacklo_ps(acc[h][0], acc[h][1]), hi = _mm256_unpackhi_ps(acc[h][0], acc[h][1]);
+    _mm256_storeu_ps(out + h * R + i0, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + h * R + i0 + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+}
+
 template <int NH, typename Keys>
 MOERUN_AVX2 void AccumulateHeads(const float* st, int64_t ldst, const Keys& keys, int64_t nb, int64_t i0, int64_t R,
                                  float* out) {
-  (i0 + 16 <= R ? Accumulate<NH, true, Keys> : Accumulate<NH, false, Keys>)(st, ldst, keys, nb, i0, R, out);
+  if constexpr (kBf16Keys<Keys>) {
+    AccumulateBf16<NH>(st, ldst, keys, nb, i0, R, out);
+  } else {
+    (i0 + 16 <= R ? Accumulate<NH, true, Keys> : Accumulate<NH, false, Keys>)(st, ldst, keys, nb, i0, R, out);
+  }
 }
 
 // o[i0, i0 + 64) += Σ_j p[j] v_j[i0, i0 + 64) for one head (v_j = v + j·dv), lanes past dv masked;
@@ -311,17 +401,22 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
   std::fill(sc.max.begin(), sc.max.end(), -INFINITY);
   std::fill(sc.sum.begin(), sc.sum.end(), 0.0f);
   const int32_t* pages = a.token_pages[t];
-  // Exact f32 (no rounding) on an f32 cache: the rows are read in place, not packed (see Keys).
+  // Exact f32 (no rounding) on an f32 cache, and bf16 precision on a bf16 cache of whole slices: the
+  // rows are read in place, not packed (see RowKeys and Bf16Keys).
   const bool in_place = !kRound && !a.cache.bf16();
+  const bool bf16_in_place = kRound && Bf16InPlace(a.cache);
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
     if (in_place) {
       for (int64_t j = 0; j < nb; ++j) sc.rows[j] = a.cache.Row(pages, j0 + b0 + j);
+    } else if (bf16_in_place) {
+      for (int64_t j = 0; j < nb; ++j) sc.rows16[j] = a.cache.RowBf16(pages, j0 + b0 + j);
     } else {
       PackBlock(a.cache, pages, j0 + b0, nb, sc.block.data());
     }
     const PackedKeys packed{sc.block.data()};
     const RowKeys rows{sc.rows.data()};
+    const Bf16Keys rows16{sc.rows16.data()};
     float* st = sc.st.data();
     auto score = [&](const auto& keys) MOERUN_AVX2 {
       int64_t g = 0;
@@ -330,6 +425,8 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
     };
     if (in_place) {
       score(rows);
+    } else if (bf16_in_place) {
+      score(rows16);
     } else {
       score(packed);
     }
@@ -393,6 +490,8 @@ MOERUN_AVX2 void Attend(Scratch& sc, const MlaAttentionArgs& a, int64_t t, int64
     };
     if (in_place) {
       weigh(rows);
+    } else if (bf16_in_place) {
+      weigh(rows16);
     } else {
       weigh(packed);
     }
@@ -418,6 +517,7 @@ bool Prepare(Scratch& sc, int64_t H, int64_t W, int64_t n) {
     sc.qt.resize(static_cast<size_t>(groups * W * 8));
     sc.block.resize(static_cast<size_t>((W + kSlice - 1) / kSlice * kSliceStride));
     sc.rows.resize(static_cast<size_t>(kBlock));
+    sc.rows16.resize(static_cast<size_t>(kBlock));
     sc.st.resize(static_cast<size_t>(kBlock * groups * 8));
     sc.max.resize(static_cast<size_t>(groups * 8));
     sc.sum.resize(static_cast<size_t>(groups * 8));

@@ -148,11 +148,17 @@ TEST(Bf16KvCache, CpuAttentionReadsBf16RowsAsTheSameValuesInF32) {
     ExpectSameBits(f, MakeValuesCase(16, 512, 64, 1, 64, {1000, 30}, {0, 1, 0, 1, 0, 0, 0, 1}, true, rng), false,
                    "chunk");
     ExpectSameBits(f, MakeValuesCase(5, 40, 8, 1, 7, {150}, {0, 0, 0}, true, rng), false, "5 heads, rows of 48");
+    // The AVX2 kernels read rows of whole 16-latent slices and an even width in place (20 heads: a
+    // partial group of 8 and a partial tile of 6) and pack the others (an odd width).
+    ExpectSameBits(f, MakeValuesCase(20, 64, 16, 1, 16, {300}, {0}, true, rng), false, "20 heads, rows of 80");
+    ExpectSameBits(f, MakeValuesCase(3, 64, 15, 1, 16, {150}, {0}, true, rng), false, "3 heads, rows of 79");
     // Values path: a prompt after a few cached keys, and the small odd shapes.
     ExpectSameBits(f, MakeValuesCase(16, 512, 64, 128, 64, {40, 0}, {0, 0, 1, 0, 1, 1, 1, 0}, true, rng), true,
                    "values");
     ExpectSameBits(f, MakeValuesCase(5, 40, 8, 16, 7, {9}, std::vector<int32_t>(20, 0), true, rng), true,
                    "values, rows of 48");
+    ExpectSameBits(f, MakeValuesCase(20, 64, 16, 16, 16, {9}, std::vector<int32_t>(20, 0), true, rng), true,
+                   "values, 20 heads, rows of 80");
   }
 }
 
