@@ -107,9 +107,12 @@ namespace avx2 {
 // keys from j0); without round the exact softmax in f32.
 // False when scratch could not be allocated (logged). Call only when q8::DetectSupport().avx2.
 bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, bool round, const Partial& p);
-// The values path there: token t alone, all heads, into a.out (normalised). round: as on AMX-BF16
-// (amx::AttendValues: blocks of kKeyBlock keys). False when scratch could not be allocated (logged).
-bool AttendValues(const MlaAttentionArgs& a, int64_t t, bool round);
+// The values path there: tokens [t0, t0 + nt) of one sequence (1 <= nt <= kValuesTileTokens), all
+// heads, into a.out (normalised); each token gets the same bits as alone (nt = 1). round: as on
+// AMX-BF16 (amx::AttendValues: blocks of kKeyBlock keys). False when scratch could not be allocated
+// (logged) or nt is out of range.
+inline constexpr int64_t kValuesTileTokens = 6;
+bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round);
 }  // namespace avx2
 
 // The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and

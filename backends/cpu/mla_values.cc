@@ -362,13 +362,15 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
 
 }  // namespace
 
-// The values path: tiles of consecutive tokens of one sequence (AVX-512) or single tokens, run
-// concurrently, the last tile first (later tokens see more keys). Tiles hold up to kTileTokens
-// tokens, fewer when that leaves less than two tiles per thread.
+// The values path: tiles of consecutive tokens of one sequence (AVX-512, AVX2) or single tokens,
+// run concurrently, the last tile first (later tokens see more keys). Tiles hold up to kTileTokens
+// tokens (avx2::kValuesTileTokens on AVX2), fewer when that leaves less than two tiles per thread.
 void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bool parallel) {
   const int64_t T = a.n_tokens;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
-  const int64_t most = avx ? std::clamp<int64_t>(T / (2 * threads), 1, kTileTokens) : 1;
+  const int64_t most = avx    ? std::clamp<int64_t>(T / (2 * threads), 1, kTileTokens)
+                       : avx2 ? std::clamp<int64_t>(T / (2 * threads), 1, avx2::kValuesTileTokens)
+                              : 1;
   // Tile boundaries: a tile ends at `most` tokens or where the sequence changes.
   std::vector<int64_t> tile_start;
   tile_start.reserve(static_cast<size_t>(T + 1));
@@ -385,7 +387,7 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bo
     bool done = false;
     try {
       done = avx     ? AttendTileValues(a, tile_start[i], tile_start[i + 1] - tile_start[i])
-             : avx2  ? avx2::AttendValues(a, tile_start[i], round)
+             : avx2  ? avx2::AttendValues(a, tile_start[i], tile_start[i + 1] - tile_start[i], round)
              : round ? AttendValuesScalar<true>(a, tile_start[i])
                      : AttendValuesScalar<false>(a, tile_start[i]);
     } catch (const std::exception&) {

@@ -222,6 +222,60 @@ TEST(MlaValuesAvx2, MatchesModel) {
   LongContextCases(CheckAvx2);
 }
 
+// The AVX2 values path on tiles of 2 to 6 tokens gives every token the bits it gets alone (its own
+// scores, softmax and rounding; the keys the tile's tokens share weighed together in key order, the
+// rest per token): f32 rows in place (f32), packed rows rounded (bf16 on an f32 cache) and bf16 rows
+// in place (bf16 on a bf16 cache), value rows rounded or not, key counts that differ within a tile
+// (a token with none, counts out of order, a count on a 64-key block boundary), and dv with a
+// partial 16-wide slice.
+TEST(MlaValuesAvx2, TilesEqualTokensAlone) {
+  if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(36);
+  // Moved in, not copied: a case's token pointers point into its own vectors.
+  std::vector<ValuesCase> cases;
+  cases.push_back(MakeValuesCase(16, 512, 64, 128, 64, {70}, std::vector<int32_t>(13, 0), true, rng));
+  cases.push_back(MakeValuesCase(5, 48, 16, 40, 7, {0}, std::vector<int32_t>(20, 0), false, rng));
+  cases.push_back(MakeValuesCase(20, 64, 16, 24, 16, {120}, std::vector<int32_t>(9, 0), true, rng));
+  cases[1].n_keys[3] = 0;
+  std::swap(cases[1].n_keys[6], cases[1].n_keys[9]);
+  cases[2].n_keys[4] = 64;  // ends on a block boundary among counts of 121-129
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const ValuesCase& c = cases[ci];
+    std::vector<uint16_t> bf16_rows(c.pool.size());
+    for (size_t i = 0; i < c.pool.size(); ++i) bf16_rows[i] = F32ToBf16(c.pool[i]);
+    for (int form = 0; form < 3; ++form)
+      for (bool exact_values : {false, true}) {
+        const bool round = form > 0;
+        MlaAttentionArgs a = c.Args();
+        if (form == 2) {
+          a.cache.pool = nullptr;
+          a.cache.pool_bf16 = bf16_rows.data();
+        }
+        a.values = c.token_values.data();
+        a.v_dim = c.dv;
+        a.v_head_stride = c.K * c.dv;
+        a.values_bf16_exact = exact_values;
+        const std::string what = "case " + std::to_string(ci) + ", form " + std::to_string(form) +
+                                 (exact_values ? ", values as bf16" : "");
+        std::vector<float> alone(c.T * c.H * c.dv, test::kSentinel);
+        a.out = alone.data();
+        for (int64_t t = 0; t < c.T; ++t) ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t, 1, round)) << what;
+        for (int64_t nt = 2; nt <= cpu::mla::avx2::kValuesTileTokens; ++nt) {
+          std::vector<float> tiled(alone.size() + 64, test::kSentinel);
+          a.out = tiled.data();
+          for (int64_t t0 = 0; t0 < c.T; t0 += nt)
+            ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t0, std::min(nt, c.T - t0), round)) << what;
+          EXPECT_EQ(std::memcmp(tiled.data(), alone.data(), alone.size() * sizeof(float)), 0)
+              << what << ", tiles of " << nt;
+          for (size_t i = alone.size(); i < tiled.size(); ++i) ASSERT_EQ(tiled[i], test::kSentinel) << what;
+        }
+      }
+  }
+  MlaAttentionArgs a = cases[0].Args();
+  EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, 0, true));
+  EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, cpu::mla::avx2::kValuesTileTokens + 1, true));
+}
+
 TEST(MlaValuesAmx, TokenWithoutKeysGivesZeros) {
   const bool amx = HaveAmxBf16();
   std::mt19937 rng(34);
