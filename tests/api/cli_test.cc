@@ -183,6 +183,10 @@ TEST(Cli, DecodeAbComparesTwoLibraries) {
   r = RunProgram(MOERUN_DECODE_AB, lib + " " + copy + " " + model + " --steps 2 --warmup 1 --threads 1 --context 600");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("2 steps each, 1 threads: A "), std::string::npos) << r.out;
+  // Prefill mode: each step a prompt of 20 tokens into an emptied sequence.
+  r = RunProgram(MOERUN_DECODE_AB, lib + " " + copy + " " + model + " --steps 2 --warmup 1 --threads 1 --prefill 20");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("2 prompts of 20 each, 1 threads: A "), std::string::npos) << r.out;
   r = RunProgram(MOERUN_DECODE_AB, lib + " " + lib + " " + model);
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("same file"), std::string::npos) << r.out;

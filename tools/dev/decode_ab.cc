@@ -9,6 +9,10 @@
 // copy of itself gave 0.999 [0.959, 1.046] over 200 steps there, so ~2% differences show.
 //
 //   moerun_decode_ab LIB_A LIB_B MODEL [--threads N] [--steps N] [--warmup N] [--context N]
+//                    [--prefill N]
+//
+// --prefill N: each step is instead a prompt of N tokens into an emptied sequence (fed in batches of
+// the session's max_batch_tokens), timed whole: the same A/B for prefill work.
 //
 // LIB_A and LIB_B must be two files (copy one build's libmoerun.so aside): dlopen hands back the
 // library already loaded for the same file.
@@ -29,7 +33,7 @@ namespace {
 struct Options {
   const char* lib[2] = {nullptr, nullptr};
   const char* model = nullptr;
-  int threads = 0, steps = 200, warmup = 64, context = 8;
+  int threads = 0, steps = 200, warmup = 64, context = 8, prefill = 0;
 };
 
 // One build: its entry points, model and session.
@@ -44,7 +48,8 @@ class Build {
   }
   bool Open(const char* path, const Options& o);
   // One decode step of one token; restarts the sequence (prompt of o.context tokens) when the cache
-  // is full. Returns the step's seconds, or a negative number on failure (reported).
+  // is full. With o.prefill, a prompt of that many tokens into an emptied sequence instead. Returns
+  // the step's seconds, or a negative number on failure (reported).
   double Step();
   const std::string& error() const { return error_; }
 
@@ -56,7 +61,7 @@ class Build {
     return f != nullptr;
   }
   bool Check(moerun_status s, const char* what);
-  bool Prefill();
+  bool Prefill(int n);
 
   std::string path_, error_;
   void* handle_ = nullptr;
@@ -75,7 +80,7 @@ class Build {
   moerun_model* model_ = nullptr;
   moerun_session* session_ = nullptr;
   uint32_t vocab_ = 1, capacity_ = 0, length_ = 0, next_ = 0, max_batch_ = 1;
-  int context_ = 8;
+  int context_ = 8, prefill_ = 0;
 };
 
 bool Build::Check(moerun_status s, const char* what) {
@@ -87,6 +92,7 @@ bool Build::Check(moerun_status s, const char* what) {
 bool Build::Open(const char* path, const Options& o) {
   path_ = path;
   context_ = o.context;
+  prefill_ = o.prefill;
   // A file argument: without a slash dlopen would search the library path instead.
   const std::string file = path_.find('/') == std::string::npos ? "./" + path_ : path_;
   handle_ = dlopen(file.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -113,17 +119,17 @@ bool Build::Open(const char* path, const Options& o) {
   moerun_session_options so;
   session_options_init_(&so);
   so.n_threads = o.threads;
-  so.kv_capacity = static_cast<uint32_t>(std::max(1024, 2 * o.context));
+  so.kv_capacity = static_cast<uint32_t>(std::max({1024, 2 * o.context, o.prefill}));
   capacity_ = so.kv_capacity;
   max_batch_ = std::max<uint32_t>(so.max_batch_tokens, 1);
   if (!Check(session_create_(model_, &so, &session_), "creating a session")) return false;
-  return Prefill();
+  return Prefill(context_);
 }
 
-bool Build::Prefill() {
+bool Build::Prefill(int n) {
   if (!Check(clear_(session_), "moerun_session_clear")) return false;
-  std::vector<int32_t> prompt(static_cast<size_t>(context_));
-  for (int i = 0; i < context_; ++i) prompt[i] = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
+  std::vector<int32_t> prompt(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) prompt[i] = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
   // In batches of at most the session's max_batch_tokens.
   for (uint32_t done = 0; done < prompt.size(); done += max_batch_) {
     moerun_batch b;
@@ -132,12 +138,17 @@ bool Build::Prefill() {
     b.tokens = prompt.data() + done;
     if (!Check(decode_(session_, &b), "the prompt's decode")) return false;
   }
-  length_ = static_cast<uint32_t>(context_);
+  length_ = static_cast<uint32_t>(n);
   return true;
 }
 
 double Build::Step() {
-  if (length_ >= capacity_ && !Prefill()) return -1.0;
+  if (prefill_ > 0) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!Prefill(prefill_)) return -1.0;
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  if (length_ >= capacity_ && !Prefill(context_)) return -1.0;
   const int32_t token = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
   moerun_batch b;
   batch_init_(&b);
@@ -165,7 +176,7 @@ bool ParseInt(const char* s, int lo, int* out) {
 
 int Usage(const char* why) {
   std::fprintf(stderr, "moerun_decode_ab: %s\nusage: moerun_decode_ab LIB_A LIB_B MODEL [--threads N] [--steps N] "
-               "[--warmup N] [--context N]\n", why);
+               "[--warmup N] [--context N] [--prefill N]\n", why);
   return 2;
 }
 
@@ -177,7 +188,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     int* target = a == "--threads" ? &o.threads : a == "--steps" ? &o.steps : a == "--warmup" ? &o.warmup
-                  : a == "--context" ? &o.context : nullptr;
+                  : a == "--context" ? &o.context : a == "--prefill" ? &o.prefill : nullptr;
     if (target) {
       const int lo = target == &o.threads || target == &o.warmup ? 0 : 1;
       if (i + 1 >= argc || !ParseInt(argv[i + 1], lo, target)) return Usage((a + " takes a whole number").c_str());
@@ -223,8 +234,8 @@ int main(int argc, char** argv) {
     ratio.push_back(dt[1] / dt[0]);
   }
   const std::string threads = o.threads > 0 ? std::to_string(o.threads) + " threads" : "default threads";
-  std::printf("%d steps each, %s: A %.3f ms [%.3f, %.3f], B %.3f ms [%.3f, %.3f]; B/A %.4f [p25 %.4f, p75 %.4f]\n",
-              o.steps, threads.c_str(), 1e3 * Quantile(t[0], 0.5), 1e3 * Quantile(t[0], 0.25), 1e3 * Quantile(t[0], 0.75),
+  std::printf("%d %s each, %s: A %.3f ms [%.3f, %.3f], B %.3f ms [%.3f, %.3f]; B/A %.4f [p25 %.4f, p75 %.4f]\n",
+              o.steps, o.prefill > 0 ? ("prompts of " + std::to_string(o.prefill)).c_str() : "steps", threads.c_str(), 1e3 * Quantile(t[0], 0.5), 1e3 * Quantile(t[0], 0.25), 1e3 * Quantile(t[0], 0.75),
               1e3 * Quantile(t[1], 0.5), 1e3 * Quantile(t[1], 0.25), 1e3 * Quantile(t[1], 0.75), Quantile(ratio, 0.5),
               Quantile(ratio, 0.25), Quantile(ratio, 0.75));
   return 0;
