@@ -86,13 +86,14 @@ MOERUN_AVX2 inline __m256 Exp8(__m256 x) {
   return _mm256_andnot_ps(below, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+// Per token of a values tile (one on the latent path): queries, scores, max and sum.
 struct Scratch {
-  std::vector<float> qt;           // [groups, W, 8]: queries transposed per group of 8 heads
-  std::vector<float> block;        // the block's rows, packed (PackBlock; not on the in-place path)
-  std::vector<float> st;           // [kBlock, groups * 8]: scores, then probabilities
-  std::vector<float> max, sum;     // [groups * 8]
-  std::vector<const float*> rows;  // [kBlock]: the block's f32 rows, on the in-place path
-  std::vector<const uint16_t*> rows16;  // [kBlock]: its bf16 rows, on the bf16 in-place path
+  std::vector<float> qt;                // [tokens][groups, W, 8]: queries transposed per group of 8 heads
+  std::vector<float> block;             // the block's rows, packed (KeyForm::kPacked)
+  std::vector<float> st;                // [kBlock, tokens, groups * 8]: scores, then probabilities
+  std::vector<float> max, sum;          // [tokens, groups * 8]
+  std::vector<const float*> rows;       // [kBlock]: the block's f32 rows (KeyForm::kRows)
+  std::vector<const uint16_t*> rows16;  // [kBlock]: its bf16 rows (KeyForm::kBf16Rows)
 };
 
 // The block's rows packed in slices of 16 columns: column c of key j at
