@@ -234,9 +234,10 @@ int main(int argc, char** argv) {
     ratio.push_back(dt[1] / dt[0]);
   }
   const std::string threads = o.threads > 0 ? std::to_string(o.threads) + " threads" : "default threads";
+  const std::string what = o.prefill > 0 ? "prompts of " + std::to_string(o.prefill) : "steps";
   std::printf("%d %s each, %s: A %.3f ms [%.3f, %.3f], B %.3f ms [%.3f, %.3f]; B/A %.4f [p25 %.4f, p75 %.4f]\n",
-              o.steps, o.prefill > 0 ? ("prompts of " + std::to_string(o.prefill)).c_str() : "steps", threads.c_str(), 1e3 * Quantile(t[0], 0.5), 1e3 * Quantile(t[0], 0.25), 1e3 * Quantile(t[0], 0.75),
-              1e3 * Quantile(t[1], 0.5), 1e3 * Quantile(t[1], 0.25), 1e3 * Quantile(t[1], 0.75), Quantile(ratio, 0.5),
-              Quantile(ratio, 0.25), Quantile(ratio, 0.75));
+              o.steps, what.c_str(), threads.c_str(), 1e3 * Quantile(t[0], 0.5), 1e3 * Quantile(t[0], 0.25),
+              1e3 * Quantile(t[0], 0.75), 1e3 * Quantile(t[1], 0.5), 1e3 * Quantile(t[1], 0.25),
+              1e3 * Quantile(t[1], 0.75), Quantile(ratio, 0.5), Quantile(ratio, 0.25), Quantile(ratio, 0.75));
   return 0;
 }
