@@ -18,6 +18,7 @@
 #include "backends/backend.h"
 #include "moerun/moerun.h"
 #include "runtime/format/model_file.h"
+#include "runtime/format/page_sizes.h"
 #include "tools/bandwidth_probe.h"
 #include "tools/gemm_probe.h"
 #include "tools/page_cache.h"

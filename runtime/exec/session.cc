@@ -126,6 +126,7 @@ Status Session::Decode(const Batch& b) {
   }
   for (int64_t s = 0; s < n_seq; ++s) cache_.SetLength(s, old_length[s] + static_cast<uint32_t>(added[s]));
   for (size_t i = 0; i < expert_counts_.size(); ++i) expert_counts_[i] += batch_expert_counts_[i];
+  model_->NotePageSizes();  // the weights this pass read are resident now
   return Status::Ok();
 }
 

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <unordered_set>
 
 #include "runtime/core/aligned_buffer.h"
@@ -162,7 +163,12 @@ Result<std::shared_ptr<ModelFile>> ModelFile::Open(const std::string& path, cons
   }
   f->base_ = static_cast<const uint8_t*>(p);
   f->size_ = size;
-  f->mapped_ = true;
+  f->mapped_ = true;  // from here on the destructor unmaps it
+  try {
+    f->path_ = path;
+  } catch (const std::bad_alloc&) {
+    return OutOfMemory("allocating the model file's path");
+  }
   Status st2 = f->Verify(options);
   if (!st2.ok()) return st2.WithContext("'" + path + "'");
   return f;

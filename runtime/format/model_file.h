@@ -55,6 +55,10 @@ class ModelFile {
   uint64_t file_size() const { return size_; }
   // The whole file as mapped (or the caller's buffer).
   const uint8_t* data() const { return base_; }
+  // True for a file that Open mapped (its path() is then the one it was opened with); false for
+  // FromMemory's buffer.
+  bool mapped() const { return mapped_; }
+  const std::string& path() const { return path_; }
   uint64_t weights_size() const { return weights_size_; }
   uint32_t format_version() const { return format_version_; }
 
@@ -65,6 +69,7 @@ class ModelFile {
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   bool mapped_ = false;
+  std::string path_;
   void* owned_copy_ = nullptr;
   uint64_t weights_size_ = 0;
   uint32_t format_version_ = 0;

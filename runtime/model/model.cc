@@ -3,6 +3,7 @@
 #include <map>
 #include <set>
 
+#include "runtime/format/page_sizes.h"
 #include "runtime/model/graph_contract.h"
 
 namespace moerun {
@@ -103,6 +104,8 @@ uint64_t Model::kv_bytes_per_token() const {
   const uint64_t bytes = backend().Bf16LatentCache() ? 2 : 4;
   return static_cast<uint64_t>(config().num_layers) * config().kv_cache_width() * bytes;
 }
+
+void Model::NotePageSizes() const { NoteFilePages(*file_, &pages_noted_, kNotedFileBytes); }
 
 Result<std::shared_ptr<Model>> Model::Create(std::shared_ptr<ModelFile> file, const std::string& backend,
                                              Precision precision, int n_threads) {

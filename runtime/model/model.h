@@ -2,6 +2,7 @@
 // Immutable after Create(); shared by any number of sessions and threads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -93,12 +94,18 @@ class Model {
   bool has_mtp() const { return has_mtp_; }
   // Latent KV cache bytes per token over all layers, as float32 (what the session stores).
   uint64_t kv_bytes_per_token() const;
+  // Called after each successful forward pass: the first call logs how the file's pages are mapped
+  // when that slows decode (NoteFilePages in page_sizes.h), once per model, for mapped files of at
+  // least kNotedFileBytes (smaller ones fit in caches). Thread-safe.
+  static constexpr uint64_t kNotedFileBytes = uint64_t{64} << 20;
+  void NotePageSizes() const;
 
  private:
   Model() = default;
   Status Build(bool mtp);
 
   std::shared_ptr<ModelFile> file_;
+  mutable std::atomic<bool> pages_noted_{false};
   std::unique_ptr<Backend> backend_;
   std::vector<GraphNode> nodes_;
   std::vector<GraphNode> mtp_nodes_;
