@@ -5,7 +5,8 @@
 # and 8 and at 4096 tokens of context, each against probes measured in the same process.
 #
 #   scripts/bench.sh [WORK_DIR]        (default /tmp/moerun-bench; kept for reruns)
-# Environment: LAYERS (8), REPEAT (5), THREADS (1,2), WEIGHTS (int8), PRECISION (bf16).
+# Environment: LAYERS (8), REPEAT (5), THREADS (1,2), WEIGHTS (int8), PRECISION (bf16); PREPARE_ONLY=1
+# stops once the checkpoint and the model file are there (scripts/compare_llama_cpp.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-/tmp/moerun-bench}"
@@ -27,5 +28,6 @@ fi
 if [[ ! -f "$model" ]]; then
   "$root/build/moerun" convert "$ckpt" -o "$model" --weights "$weights"
 fi
+[[ "${PREPARE_ONLY:-0}" == 1 ]] && exit 0
 "$root/build/moerun" bench "$model" --precision "${PRECISION:-bf16}" --threads "${THREADS:-1,2}" \
   --repeat "${REPEAT:-5}" --gen 32 --prompt 512 --batch 1,4,8 --context 4096 --json | tee "$work/bench.json"
