@@ -20,6 +20,7 @@
 // Compiled for the baseline ISA with the kernels marked target("avx2,fma") (see q8_avx2.cc); call
 // only when q8::DetectSupport().avx2.
 #include "backends/cpu/mla_attention_impl.h"  // first: it includes simd_avx512.h
+#include "backends/cpu/simd_avx2.h"
 
 #include <algorithm>
 #include <cmath>
@@ -74,13 +75,8 @@ MOERUN_AVX2 inline __m256 RoundBf16x8(__m256 x) {
 MOERUN_AVX2 inline __m256 Exp8(__m256 x) {
   const __m256 below = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
   x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // x - n·ln2 in two steps
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(kExpTaylor[0]);  // as ExpAvx512
-#pragma GCC unroll 8
-  for (int i = 1; i < 8; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[i]));
+  __m256 n;
+  const __m256 p = ExpReduced(x, &n);
   // 2^n for n in [-126, 127]: the exponent field directly.
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_andnot_ps(below, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));

@@ -8,19 +8,27 @@
 
 namespace moerun::cpu {
 
+// The shared steps of the AVX2 exponentials, ExpAvx512's: for x already clamped to a finite range,
+// n = round(x / ln 2) (returned in *n) and e^(x - n·ln 2) as a polynomial; e^x is that times 2^n.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 ExpReduced(__m256 x, __m256* n) {
+  *n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(*n, _mm256_set1_ps(0.693359375f), x);  // x - n·ln2 in two steps
+  r = _mm256_fnmadd_ps(*n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(kExpTaylor[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 8; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[i]));
+  return p;
+}
+
 // expf on 8 lanes for SiluMul, within ~2 ulp of std::exp over the whole float range (overflow → inf,
-// underflow → 0 through the subnormals, NaN → NaN): ExpAvx512's steps, with 2^n applied as two
+// underflow → 0 through the subnormals, NaN → NaN): ExpReduced, with 2^n applied as two
 // exponent-field factors 2^(n/2) and 2^(n - n/2) (AVX2 has no scalef), each within [-126, 127].
 __attribute__((target("avx2,fma"), always_inline)) inline __m256 ExpAvx2(__m256 x) {
   // max/min return the second operand when the first is NaN, so NaN passes through.
   x = _mm256_min_ps(_mm256_set1_ps(100.0f), _mm256_max_ps(_mm256_set1_ps(-110.0f), x));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(kExpTaylor[0]);
-#pragma GCC unroll 8
-  for (int i = 1; i < 8; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[i]));
+  __m256 n;
+  const __m256 p = ExpReduced(x, &n);
   // n in [-159, 145] (NaN lanes: cvtps gives INT_MIN, its factors are garbage times a NaN p).
   const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
   const __m256i bias = _mm256_set1_epi32(127);
