@@ -523,7 +523,7 @@ int RunBench(int argc, char** argv) {
     // Pages not yet cached come in through the loader's mapping (2 MiB folios) before the read()
     // timing below could bring them in as small ones.
     TouchPages(file.value()->data(), file_bytes);
-    huge_share = HugeMappedShare(file.value()->data());
+    huge_share = HugeMappedShare(file.value()->data(), file_bytes);
   }
   const double read_s = FileReadSeconds(o.path);
 

@@ -1,5 +1,9 @@
 #include "runtime/format/page_sizes.h"
 
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -7,7 +11,7 @@
 
 namespace moerun {
 
-double HugeMappedShare(const void* base) {
+double HugeMappedShareBySmaps(const void* base) {
   std::FILE* f = std::fopen("/proc/self/smaps", "r");
   if (!f) return -1.0;
   const uintptr_t want = reinterpret_cast<uintptr_t>(base);
@@ -31,6 +35,58 @@ double HugeMappedShare(const void* base) {
   std::fclose(f);
   if (rss <= 0 || pmd < 0) return -1.0;
   return static_cast<double>(pmd) / static_cast<double>(rss);
+}
+
+namespace {
+
+// PAGEMAP_SCAN's ABI (include/uapi/linux/fs.h, Linux 6.7), spelt out: older kernel headers lack it.
+struct PageRegion {
+  uint64_t start, end, categories;
+};
+struct PmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted, category_mask,
+      category_anyof_mask, return_mask;
+};
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+constexpr uint64_t kPageIsPresent = 1u << 3, kPageIsHuge = 1u << 6;
+
+}  // namespace
+
+double HugeMappedShareByScan(const void* base, uint64_t size) {
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -2.0;
+  PageRegion regions[256];
+  const uint64_t end = reinterpret_cast<uintptr_t>(base) + (size + 4095) / 4096 * 4096;
+  uint64_t start = reinterpret_cast<uintptr_t>(base), present = 0, huge = 0;
+  while (start < end) {
+    PmScanArg a{};
+    a.size = sizeof(a);
+    a.start = start;
+    a.end = end;
+    a.vec = reinterpret_cast<uintptr_t>(regions);
+    a.vec_len = sizeof(regions) / sizeof(regions[0]);
+    a.category_anyof_mask = kPageIsPresent;  // present pages only
+    a.return_mask = kPageIsPresent | kPageIsHuge;
+    const int n = ::ioctl(fd, kPagemapScan, &a);
+    if (n < 0) {  // ENOTTY or EINVAL: a kernel without it
+      ::close(fd);
+      return -2.0;
+    }
+    for (int i = 0; i < n; ++i) {
+      const uint64_t bytes = regions[i].end - regions[i].start;
+      present += bytes;
+      if (regions[i].categories & kPageIsHuge) huge += bytes;
+    }
+    if (a.walk_end <= start) break;  // no progress: never loop
+    start = a.walk_end;
+  }
+  ::close(fd);
+  return present > 0 ? static_cast<double>(huge) / static_cast<double>(present) : -1.0;
+}
+
+double HugeMappedShare(const void* base, uint64_t size) {
+  const double share = HugeMappedShareByScan(base, size);
+  return share > -2.0 ? share : HugeMappedShareBySmaps(base);
 }
 
 ThpMode ParseThpMode(const std::string& text) {
@@ -72,7 +128,7 @@ void NoteFilePages(const ModelFile& file, std::atomic<bool>* noted, uint64_t min
       !LogEnabled(LogLevel::kWarning) || noted->exchange(true))
     return;
   try {
-    if (auto advice = PageSizeAdvice(HugeMappedShare(file.data()), ReadThpMode(), file.path()))
+    if (auto advice = PageSizeAdvice(HugeMappedShare(file.data(), file.file_size()), ReadThpMode(), file.path()))
       Log(advice->level, advice->message);
   } catch (const std::bad_alloc&) {
     // The note is advice: without memory for its text there is none.

@@ -19,10 +19,17 @@
 
 namespace moerun {
 
-// The share of the mapping that starts at `base` which is resident and mapped with 2 MiB pages
-// (FilePmdMapped / Rss in /proc/self/smaps), or -1 when that cannot be read (no such mapping, nothing
-// resident, no /proc).
-double HugeMappedShare(const void* base);
+// The share of the resident pages of the file mapping [base, base + size) that are mapped with 2 MiB
+// pages, or -1 when that cannot be read (nothing resident, no /proc): HugeMappedShareByScan where the
+// kernel has PAGEMAP_SCAN (Linux 6.7), else HugeMappedShareBySmaps for the mapping that starts at
+// base. Both give the same share; the scan took 0.3-1.2 ms where smaps took 6-27 ms (a 4.7 GB model
+// a quarter or all resident, AMD EPYC host), as smaps visits every 4 KiB page of a 2 MiB one.
+double HugeMappedShare(const void* base, uint64_t size);
+// The PAGEMAP_SCAN ioctl on /proc/self/pagemap: present bytes marked PAGE_IS_HUGE over present
+// bytes. -2 where the kernel does not have it.
+double HugeMappedShareByScan(const void* base, uint64_t size);
+// FilePmdMapped / Rss of the mapping that starts at base in /proc/self/smaps.
+double HugeMappedShareBySmaps(const void* base);
 
 // Linux's transparent huge page mode (/sys/kernel/mm/transparent_hugepage/enabled).
 enum class ThpMode { kUnknown, kAlways, kMadvise, kNever };

@@ -57,10 +57,82 @@ TEST(PageSizes, AdviceOnlyBelowTheFloor) {
   EXPECT_EQ(off->message.find("iflag=nocache"), std::string::npos) << off->message;
 }
 
-TEST(PageSizes, HugeMappedShareFindsOnlyMappingStarts) {
+TEST(PageSizes, HugeMappedShareOfNothingIsUnknown) {
   int on_stack = 0;
-  EXPECT_EQ(HugeMappedShare(&on_stack + 1), -1.0);  // inside a mapping, not its start
-  EXPECT_EQ(HugeMappedShare(nullptr), -1.0);
+  EXPECT_EQ(HugeMappedShareBySmaps(&on_stack + 1), -1.0);  // inside a mapping, not its start
+  EXPECT_EQ(HugeMappedShareBySmaps(nullptr), -1.0);
+  EXPECT_EQ(HugeMappedShare(nullptr, 1 << 20), -1.0);  // nothing resident there
+}
+
+// A file of `bytes` written, dropped from the page cache and mapped at a 2 MiB boundary with
+// MADV_HUGEPAGE (as the model loader maps), every 4 KiB page then read; unmapped and removed at the
+// end of the scope.
+class MappedFile {
+ public:
+  MappedFile(const std::string& path, size_t bytes) : path_(path), bytes_(bytes) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    std::vector<char> block(1 << 16);
+    for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>(i * 131 + 7);
+    bool ok = true;
+    for (size_t done = 0; ok && done < bytes; done += block.size()) ok = ::write(fd, block.data(), block.size()) > 0;
+    ok = ok && ::fsync(fd) == 0 && ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+    constexpr size_t kHuge = size_t{2} << 20;
+    void* r = ok ? ::mmap(nullptr, bytes + kHuge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : MAP_FAILED;
+    if (r != MAP_FAILED) {
+      reserved_ = r;
+      const uintptr_t at = (reinterpret_cast<uintptr_t>(r) + kHuge - 1) & ~(kHuge - 1);
+      void* p = ::mmap(reinterpret_cast<void*>(at), bytes, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+      if (p != MAP_FAILED) {
+        (void)::madvise(p, bytes, MADV_HUGEPAGE);
+        data_ = static_cast<const uint8_t*>(p);
+        volatile uint8_t sink = 0;
+        for (size_t i = 0; i < bytes; i += 4096) sink = sink + data_[i];
+      }
+    }
+    ::close(fd);
+  }
+  ~MappedFile() {
+    if (reserved_) ::munmap(reserved_, bytes_ + (size_t{2} << 20));
+    ::unlink(path_.c_str());
+  }
+  const uint8_t* data() const { return data_; }
+
+ private:
+  std::string path_;
+  size_t bytes_;
+  void* reserved_ = nullptr;
+  const uint8_t* data_ = nullptr;
+};
+
+// The two ways to read the share agree, on a mapping the kernel may map with 2 MiB pages (this host's
+// kernel does: 1) and on a second one at a file offset 4 KiB past a 2 MiB boundary (there it mapped
+// the whole 2 MiB blocks inside with 2 MiB pages: 0.5). A mapping all in 4 KiB pages reads 0 in
+// NoteFilePagesTest below.
+TEST(PageSizes, ScanAndSmapsAgree) {
+  testing::ScopedTempDir dir;
+  const size_t bytes = size_t{8} << 20;
+  const MappedFile file(dir / "pages.bin", bytes);
+  ASSERT_NE(file.data(), nullptr);
+  const double by_smaps = HugeMappedShareBySmaps(file.data());
+  ASSERT_GE(by_smaps, 0.0);
+  const double by_scan = HugeMappedShareByScan(file.data(), bytes);
+  if (by_scan != -2.0) EXPECT_EQ(by_scan, by_smaps);  // -2: a kernel before 6.7, smaps only
+  EXPECT_EQ(HugeMappedShare(file.data(), bytes), by_smaps);
+
+  // Half of it through a second mapping, from file offset 4 KiB.
+  const int fd = ::open((dir / "pages.bin").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  void* plain = ::mmap(nullptr, bytes / 2, PROT_READ, MAP_PRIVATE, fd, 4096);
+  ::close(fd);
+  ASSERT_NE(plain, MAP_FAILED);
+  volatile uint8_t sink = 0;
+  for (size_t i = 0; i < bytes / 2; i += 4096) sink = sink + static_cast<const uint8_t*>(plain)[i];
+  const double plain_smaps = HugeMappedShareBySmaps(plain), plain_scan = HugeMappedShareByScan(plain, bytes / 2);
+  ::munmap(plain, bytes / 2);
+  EXPECT_GE(plain_smaps, 0.0);
+  EXPECT_LE(plain_smaps, 1.0);
+  if (plain_scan != -2.0) EXPECT_EQ(plain_scan, plain_smaps);
 }
 
 struct Captured {
@@ -98,7 +170,7 @@ TEST_F(NoteFilePagesTest, LogsOnceForAMappedFileInSmallPages) {
   Touch(f);
   // A file below 2 MiB gets a plain mapping (model_file.cc): all of it on 4 KiB pages.
   ASSERT_LT(f.file_size(), uint64_t{2} << 20);
-  ASSERT_EQ(HugeMappedShare(f.data()), 0.0);
+  ASSERT_EQ(HugeMappedShare(f.data(), f.file_size()), 0.0);
 
   std::atomic<bool> noted{false};
   NoteFilePages(f, &noted, f.file_size() + 1);  // below the size worth a note
@@ -130,7 +202,7 @@ TEST_F(NoteFilePagesTest, SilentForBuffersAndWhenWarningsAreOff) {
   auto buffer = ModelFile::FromMemory(mem, size, VerifyOptions{});
   ASSERT_TRUE(buffer.ok()) << buffer.status().message();
   Touch(*buffer.value());
-  ASSERT_EQ(HugeMappedShare(mem), 0.0);
+  ASSERT_EQ(HugeMappedShare(mem, size), 0.0);
   EXPECT_FALSE(buffer.value()->mapped());
   std::atomic<bool> noted{false};
   NoteFilePages(*buffer.value(), &noted, 0);
