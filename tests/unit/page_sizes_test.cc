@@ -117,7 +117,9 @@ TEST(PageSizes, ScanAndSmapsAgree) {
   const double by_smaps = HugeMappedShareBySmaps(file.data());
   ASSERT_GE(by_smaps, 0.0);
   const double by_scan = HugeMappedShareByScan(file.data(), bytes);
-  if (by_scan != -2.0) EXPECT_EQ(by_scan, by_smaps);  // -2: a kernel before 6.7, smaps only
+  if (by_scan != -2.0) {  // -2: a kernel before 6.7, smaps only
+    EXPECT_EQ(by_scan, by_smaps);
+  }
   EXPECT_EQ(HugeMappedShare(file.data(), bytes), by_smaps);
 
   // Half of it through a second mapping, from file offset 4 KiB.
@@ -132,7 +134,9 @@ TEST(PageSizes, ScanAndSmapsAgree) {
   ::munmap(plain, bytes / 2);
   EXPECT_GE(plain_smaps, 0.0);
   EXPECT_LE(plain_smaps, 1.0);
-  if (plain_scan != -2.0) EXPECT_EQ(plain_scan, plain_smaps);
+  if (plain_scan != -2.0) {
+    EXPECT_EQ(plain_scan, plain_smaps);
+  }
 }
 
 struct Captured {
