@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# moerun against llama.cpp on this host with the same model shapes, outside CI (~15 min, ~25 GB of
-# disk at the peak): the random-weight checkpoint of scripts/bench.sh (DeepSeek-V2-Lite's layer
+# moerun against llama.cpp on this host with the same model shapes, outside CI (8 min measured with
+# llama.cpp already built and the files made; a first run also downloads and builds llama.cpp and
+# converts the checkpoint twice. ~28 GB of disk at the peak: the bf16 checkpoint, the BF16 and Q8_0
+# GGUFs and the moerun file): the random-weight checkpoint of scripts/bench.sh (DeepSeek-V2-Lite's layer
 # shapes, LAYERS layers) as moerun's int8 file and as llama.cpp's Q8_0 GGUF (8.5 bits per weight:
 # an f16 scale per 32), then, one after the other, llama-bench and `moerun bench`: decode at batch 1
 # from a short context (llama-bench tg64: 64 tokens from an empty cache; moerun: 64 steps after an

@@ -11,10 +11,11 @@
 // relative to the same running max. Scores with the queries stored transposed per group of 8 heads,
 // so each key element is broadcast into one FMA for 8 heads and no horizontal sums are needed; an
 // online softmax per block; then the probability-weighted rows for 6 heads × 16 latents per register
-// tile (the values path: one head's value rows for up to 6 tokens × 16 values, each value row read
-// once for the tile's tokens). At bf16 precision (round) the inputs are rounded to bf16 as the AMX
-// kernels and the reference backend round them: queries, the block's rows (a bf16 cache's rows are
-// those values already), value rows and each probability, relative to the running max of its block
+// tile (the values path: one head's value rows for up to 6 tokens × 16 values, several such register
+// tiles of a tile's tokens against each slice of the rows while it is in L1). At bf16 precision
+// (round) the inputs are rounded to bf16 as the AMX kernels and the reference backend round them:
+// queries, the block's rows (a bf16 cache's rows are those values already), value rows and each
+// probability, relative to the running max of its block
 // (the AMX kernels' blocks: 128 keys on the latent path, 64 on the values path).
 //
 // Compiled for the baseline ISA with the kernels marked target("avx2,fma") (see q8_avx2.cc); call
@@ -23,6 +24,7 @@
 #include "backends/cpu/simd_avx2.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -88,6 +90,7 @@ struct Scratch {
   std::vector<float> block;             // the block's rows, packed (KeyForm::kPacked)
   std::vector<float> st;                // [kBlock, tokens, groups * 8]: scores, then probabilities
   std::vector<float> max, sum;          // [tokens, groups * 8]
+  std::vector<float> ph;                // [kValuesBlock, tokens]: one head's probabilities (values path)
   std::vector<const float*> rows;       // [kBlock]: the block's f32 rows (KeyForm::kRows)
   std::vector<const uint16_t*> rows16;  // [kBlock]: its bf16 rows (KeyForm::kBf16Rows)
 };
@@ -582,29 +585,23 @@ MOERUN_AVX2 void AccumulateValuesTokens(const float* const* p, int64_t ldj, int6
   }
 }
 
-// All of dv in slices of 16, while the value rows at `next` (nj rows of dv, the next head's) are
-// prefetched, a share of nj lines per slice: the slices read each row 64 bytes at a time, 4·dv
-// bytes apart, and without the prefetch the tile's time went to waiting on those loads.
-template <int NT, bool kRound>
-MOERUN_AVX2 void ValuesTokensSlices(const float* const* p, int64_t ldj, int64_t nj, const float* v, int64_t dv,
-                                    float* const* o, const float* next) {
-  const int64_t lines = (nj * dv * static_cast<int64_t>(sizeof(float)) + 63) / 64;
-  for (int64_t i0 = 0, s = 0; i0 < dv; i0 += 16, ++s) {
-    const char* pf = reinterpret_cast<const char*>(next) + ((s + 1) * nj <= lines ? s * nj * 64 : 0);
-    (i0 + 16 <= dv ? AccumulateValuesTokens<NT, kRound, true> : AccumulateValuesTokens<NT, kRound, false>)(
-        p, ldj, nj, v, dv, i0, o, pf);
-  }
-}
-
-using TokensKernel = void (*)(const float* const*, int64_t, int64_t, const float*, int64_t, float* const*,
-                              const float*);
-// [round values][tokens]; 2-6 tokens.
-constexpr TokensKernel kTokenKernels[2][kValuesTileTokens + 1] = {
-    {nullptr, nullptr, ValuesTokensSlices<2, false>, ValuesTokensSlices<3, false>, ValuesTokensSlices<4, false>,
-     ValuesTokensSlices<5, false>, ValuesTokensSlices<6, false>},
-    {nullptr, nullptr, ValuesTokensSlices<2, true>, ValuesTokensSlices<3, true>, ValuesTokensSlices<4, true>,
-     ValuesTokensSlices<5, true>, ValuesTokensSlices<6, true>}};
-static_assert(kValuesTileTokens == 6, "kTokenKernels has a kernel for 2 to 6 tokens");
+using TokensKernel = void (*)(const float* const*, int64_t, int64_t, const float*, int64_t, int64_t, float* const*,
+                              const char*);
+// Tokens per register tile of the weighted sum (12 accumulators), and a kernel for 2 to that many:
+// [round values][16 lanes inside dv][tokens].
+constexpr int64_t kRegisterTokens = 6;
+template <bool kRound, bool kFull>
+constexpr std::array<TokensKernel, kRegisterTokens + 1> kTokensRow = {
+    nullptr,
+    nullptr,
+    AccumulateValuesTokens<2, kRound, kFull>,
+    AccumulateValuesTokens<3, kRound, kFull>,
+    AccumulateValuesTokens<4, kRound, kFull>,
+    AccumulateValuesTokens<5, kRound, kFull>,
+    AccumulateValuesTokens<6, kRound, kFull>};
+constexpr std::array<TokensKernel, kRegisterTokens + 1> kTokenKernels[2][2] = {
+    {kTokensRow<false, false>, kTokensRow<false, true>}, {kTokensRow<true, false>, kTokensRow<true, true>}};
+static_assert(kValuesTileTokens >= kRegisterTokens, "a tile holds at least one register tile");
 
 // The values path: tokens [t0, t0 + nt) of one sequence (shared pages and values), all heads, into
 // a.out ([H, dv] each, normalised). Blocks of kValuesBlock keys from key 0 for every token: each
@@ -643,27 +640,48 @@ MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0
       }
     });
     if (n_active == 0) continue;
+    // The keys all of them see, together; one token alone takes the 64-wide kernel for all.
+    const int64_t together = n_active > 1 ? common : 0;
+    // Register tiles of 2 to kRegisterTokens tokens, as even as may be: per 16-wide slice of dv, each
+    // of them against the slice of the head's rows of the block, which the first reads from memory
+    // and the others from L1. (With one register tile per tile, every 6 tokens read all heads' values
+    // from memory, 32 MiB at 4k keys: that sum ran at ~22% of the FMA peak where the scores ran at
+    // ~80%.) Meanwhile the first prefetches the next head's rows of the block (this head's again for
+    // the last), a share of `together` lines per slice: the slices read each row 64 bytes at a time,
+    // 4·dv bytes apart, and without the prefetch the tile's time went to waiting on those loads.
+    const int64_t n_groups = (n_active + kRegisterTokens - 1) / kRegisterTokens;
+    int64_t group_end[kValuesTileTokens];
+    for (int64_t gi = 0, i0 = 0; gi < n_groups; ++gi) i0 = group_end[gi] = i0 + (n_active - i0) / (n_groups - gi);
+    const int64_t lines = (together * dv * static_cast<int64_t>(sizeof(float)) + 63) / 64;
     for (int64_t h = 0; h < H; ++h) {
       const float* v = values + h * a.v_head_stride + b0 * dv;
+      const char* next = reinterpret_cast<const char*>(h + 1 < H ? v + a.v_head_stride : v);
+      // The head's probabilities gathered, ph[j·n_active + i]: read in place, a key's row of st for
+      // 24 tokens is 1.5 KiB and the block's (96 KiB) left L1 between heads.
+      float* ph = sc.ph.data();
       const float* p[kValuesTileTokens];
       float* o[kValuesTileTokens];
       for (int64_t i = 0; i < n_active; ++i) {
-        p[i] = sc.st.data() + active[i] * ldst + h;
+        const float* src = sc.st.data() + active[i] * ldst + h;
+        for (int64_t j = 0; j < seen[active[i]]; ++j) ph[j * n_active + i] = src[j * ldj];
+        p[i] = ph + i;
         o[i] = a.out + ((t0 + active[i]) * H + h) * dv;
       }
-      // The keys all of them see, together; one token alone takes the 64-wide kernel for all.
-      const int64_t together = n_active > 1 ? common : 0;
-      // The next head's rows of the block (this head's again for the last).
-      const float* next = h + 1 < H ? v + a.v_head_stride : v;
-      if (together > 0) kTokenKernels[round_values][n_active](p, ldj, together, v, dv, o, next);
+      for (int64_t c0 = 0, sl = 0; together > 0 && c0 < dv; c0 += 16, ++sl) {
+        const char* pf = next + ((sl + 1) * together <= lines ? sl * together * 64 : 0);
+        const auto& kernels = kTokenKernels[round_values][c0 + 16 <= dv];
+        for (int64_t gi = 0, i0 = 0; gi < n_groups; i0 = group_end[gi++])
+          kernels[group_end[gi] - i0](p + i0, n_active, together, v, dv, c0, o + i0,
+                                      gi == 0 ? pf : reinterpret_cast<const char*>(v + c0));
+      }
       for (int64_t i = 0; i < n_active; ++i) {
         const int64_t rest = seen[active[i]] - together;
         if (rest <= 0) continue;
-        for (int64_t i0 = 0; i0 < dv; i0 += 64) {
-          const bool full = i0 + 64 <= dv;
+        for (int64_t c0 = 0; c0 < dv; c0 += 64) {
+          const bool full = c0 + 64 <= dv;
           (round_values ? (full ? AccumulateValues<true, true> : AccumulateValues<true, false>)
                         : (full ? AccumulateValues<false, true> : AccumulateValues<false, false>))(
-              p[i] + together * ldj, ldj, v + together * dv, dv, rest, i0, o[i]);
+              p[i] + together * n_active, n_active, v + together * dv, dv, rest, c0, o[i]);
         }
       }
     }
@@ -690,6 +708,7 @@ bool Prepare(Scratch& sc, int64_t H, int64_t W, int64_t n, int64_t nt) {
     sc.st.resize(static_cast<size_t>(kBlock * nt * ldst));
     sc.max.resize(static_cast<size_t>(nt * ldst));
     sc.sum.resize(static_cast<size_t>(nt * ldst));
+    sc.ph.resize(static_cast<size_t>(kValuesBlock * nt));
   } catch (const std::exception&) {
     LogScratchFailure("cpu backend: MlaAttention", n);
     return false;

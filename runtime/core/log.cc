@@ -1,5 +1,6 @@
 #include "runtime/core/log.h"
 
+#include <atomic>
 #include <cstdio>
 #include <mutex>
 
@@ -9,7 +10,9 @@ namespace {
 std::mutex g_mu;
 LogSink g_sink = nullptr;
 void* g_user = nullptr;
-LogLevel g_min = LogLevel::kWarning;
+// Written under g_mu, read without it by LogEnabled: the decode loop asks every step whether a
+// warning would be logged (Model::NotePageSizes), and a mutex there was a lock per step.
+std::atomic<LogLevel> g_min{LogLevel::kWarning};
 
 const char* LevelName(LogLevel l) {
   switch (l) {
@@ -27,17 +30,18 @@ void SetLogSink(LogSink sink, void* user_data, LogLevel min_level) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_sink = sink;
   g_user = user_data;
-  g_min = min_level;
+  g_min.store(min_level, std::memory_order_relaxed);
 }
 
 bool LogEnabled(LogLevel level) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  return level >= g_min && g_min != LogLevel::kSilent;
+  const LogLevel min = g_min.load(std::memory_order_relaxed);
+  return level >= min && min != LogLevel::kSilent;
 }
 
 void Log(LogLevel level, const std::string& message) {
   std::lock_guard<std::mutex> lock(g_mu);
-  if (level < g_min || g_min == LogLevel::kSilent) return;
+  const LogLevel min = g_min.load(std::memory_order_relaxed);
+  if (level < min || min == LogLevel::kSilent) return;
   if (g_sink) {
     g_sink(g_user, static_cast<int>(level), message.c_str());
   } else {

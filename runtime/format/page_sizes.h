@@ -3,10 +3,11 @@
 // Decode streams the weights from the file's mapping. The loader maps it at a 2 MiB boundary with
 // MADV_HUGEPAGE (model_file.cc), so that pages read into the page cache through it come as 2 MiB
 // folios and are mapped with 2 MiB pages. Pages that were already cached as small folios (the file
-// was copied, written or read() before the load) stay on 4 KiB pages, and so does everything when
-// transparent huge pages are off; through 4 KiB pages the same weights read ~20% slower on the AMD
-// EPYC test host (24 against 30 GB/s, one thread). Nothing fails then, so after a model's first
-// forward pass the runtime looks once and logs what it found (Model::NotePageSizes).
+// was copied or written before the load, or on some kernels read() before it: not on Linux 6.18,
+// where a `cat` of an evicted file left it 99% in 2 MiB folios) stay on 4 KiB pages, and so does
+// everything when transparent huge pages are off; through 4 KiB pages the same weights read ~20%
+// slower on the AMD EPYC test host (24 against 30 GB/s, one thread). Nothing fails then, so after a
+// model's first forward pass the runtime looks once and logs what it found (Model::NotePageSizes).
 #pragma once
 
 #include <atomic>

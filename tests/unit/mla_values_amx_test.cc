@@ -222,12 +222,13 @@ TEST(MlaValuesAvx2, MatchesModel) {
   LongContextCases(CheckAvx2);
 }
 
-// The AVX2 values path on tiles of 2 to 6 tokens gives every token the bits it gets alone (its own
-// scores, softmax and rounding; the keys the tile's tokens share weighed together in key order, the
-// rest per token): f32 rows in place (f32), packed rows rounded (bf16 on an f32 cache) and bf16 rows
-// in place (bf16 on a bf16 cache), value rows rounded or not, key counts that differ within a tile
-// (a token with none, counts out of order, a count on a 64-key block boundary), and dv with a
-// partial 16-wide slice.
+// The AVX2 values path on tiles of 2 to kValuesTileTokens tokens (one to four register tiles of 2-6
+// tokens, split evenly) gives every token the bits it gets alone (its own scores, softmax and
+// rounding; the keys the tile's tokens share weighed together in key order, the rest per token):
+// f32 rows in place (f32), packed rows rounded (bf16 on an f32 cache) and bf16 rows in place (bf16
+// on a bf16 cache), value rows rounded or not, key counts that differ within a tile (a token with
+// none, counts out of order, a count on a 64-key block boundary), and dv with a partial 16-wide
+// slice.
 TEST(MlaValuesAvx2, TilesEqualTokensAlone) {
   if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
   std::mt19937 rng(36);
