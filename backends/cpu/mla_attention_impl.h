@@ -111,8 +111,8 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
 // heads, into a.out (normalised); each token gets the same bits as alone (nt = 1). round: as on
 // AMX-BF16 (amx::AttendValues: blocks of kKeyBlock keys). False when scratch could not be allocated
 // (logged) or nt is out of range. 24 tokens: every tile reads all heads' values once (32 MiB at 4k
-// keys of V2-Lite), and 512 tokens at 4096 keys ran 15% faster than in tiles of 6 (2 threads; 12: 5%
-// slower than 24, 48 no faster; AMD EPYC test host).
+// keys of V2-Lite); 512 tokens at 4096 keys took 0.85x the time of tiles of 6 (2 threads; tiles of
+// 12 took 5-8% longer than 24, and 48 no less; AMD EPYC test host).
 inline constexpr int64_t kValuesTileTokens = 24;
 bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round);
 }  // namespace avx2
