@@ -133,9 +133,23 @@ struct MlaAttentionArgs {
   }
 };
 
-// The routed experts of one MoE layer, over "slots" (token, k) grouped by expert: active expert i owns
-// slots [begin[i], begin[i] + count[i]), and slot_token[s] is the row of x that slot s reads. For
-// every slot: y[s] = down_i(silu(gate_i · x[slot_token[s]]) ⊙ (up_i · x[slot_token[s]])).
+// An MoE layer's shared experts as one MLP of intermediate size I, run on every token of x:
+// y[t] = down(silu(gate · x[t]) ⊙ (up · x[t])), with g and u as scratch [T, I].
+struct SharedMlpArgs {
+  WeightView gate, up;  // [I, D]
+  WeightView down;      // [D, I]
+  int64_t I = 0;
+  float* g = nullptr;  // scratch [T, I]
+  float* u = nullptr;  // scratch [T, I]
+  float* y = nullptr;  // [T, D] output
+};
+
+// The experts of one MoE layer. Routed ones over "slots" (token, k) grouped by expert: active expert i
+// owns slots [begin[i], begin[i] + count[i]), and slot_token[s] is the row of x that slot s reads. For
+// every slot: y[s] = down_i(silu(gate_i · x[slot_token[s]]) ⊙ (up_i · x[slot_token[s]])). The shared
+// experts, when there are some, in the same call (shared), so that a backend may stream their weights
+// together with the routed experts'; every output is the same as with the shared MLP run on its own
+// (LinearSameInput for gate and up, SiluMul, Linear for down).
 struct MoeExpertsArgs {
   const float* x = nullptr;  // [T, D]
   int64_t T = 0, D = 0, I = 0;  // tokens, hidden size, expert intermediate size
@@ -150,6 +164,7 @@ struct MoeExpertsArgs {
   float* g = nullptr;                   // scratch [S, I]
   float* u = nullptr;                   // scratch [S, I]
   float* y = nullptr;                   // [S, D] output
+  const SharedMlpArgs* shared = nullptr;  // or none
 };
 
 class Backend {
@@ -179,9 +194,12 @@ class Backend {
     for (int64_t i = 0; i < count; ++i) Linear(w[i], x, ldx, M, y[i], ldy[i]);
   }
 
-  // The routed experts of an MoE layer (MoeExpertsArgs). The default gathers each expert's rows into
-  // a.gathered and runs LinearSameInput (gate, up), SiluMul and Linear (down) on them.
+  // The experts of an MoE layer (MoeExpertsArgs). The default runs the shared MLP first (RunSharedMlp),
+  // then gathers each routed expert's rows into a.gathered and runs LinearSameInput (gate, up), SiluMul
+  // and Linear (down) on them.
   virtual void MoeExperts(const MoeExpertsArgs& a) const;
+  // The shared experts of a.shared alone (nothing when there are none), as MoeExperts defines them.
+  void RunSharedMlp(const MoeExpertsArgs& a) const;
 
   // y[m] = w ⊙ x[m] / sqrt(mean(x[m]²) + eps), n values per row.
   virtual void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,

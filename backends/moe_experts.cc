@@ -21,7 +21,19 @@ void Backend::ForEachExpert(int64_t n_active, const std::function<void(int64_t)>
   }
 }
 
+void Backend::RunSharedMlp(const MoeExpertsArgs& a) const {
+  if (!a.shared || a.T <= 0) return;
+  const SharedMlpArgs& m = *a.shared;
+  const WeightView w[2] = {m.gate, m.up};
+  float* const y[2] = {m.g, m.u};
+  const int64_t ldy[2] = {m.I, m.I};
+  LinearSameInput(w, 2, a.x, a.D, a.T, y, ldy);
+  SiluMul(m.g, m.u, m.g, a.T * m.I);
+  Linear(m.down, m.g, m.I, a.T, m.y, a.D);
+}
+
 void Backend::MoeExperts(const MoeExpertsArgs& a) const {
+  RunSharedMlp(a);
   const int64_t D = a.D, I = a.I;
   int64_t S = 0;
   for (int64_t i = 0; i < a.n_active; ++i) S += a.count[i];

@@ -198,14 +198,15 @@ namespace {
 // Per-thread int8 activation scratch, 64-byte aligned, grown to the largest call seen: slot 0 for
 // LinearQ8 / LinearSameInput, slot 1 for an expert's gathered rows (held while its down projection
 // uses slot 0), slot 2 for MoeExperts' or LinearBatch's shared quantised input (read by every
-// thread while the calling thread holds it). Throws std::bad_alloc.
+// thread while the calling thread holds it), slot 3 for the shared experts' down input in
+// MoeExpertsAsJobs (held with slot 0). Throws std::bad_alloc.
 q8::ActivationBuffers ThreadActivations(int slot, int64_t M, int64_t K) {
   constexpr size_t kAlign = 64;
   struct Free {
     void operator()(void* p) const { AlignedFree(p, kAlign); }
   };
-  thread_local std::unique_ptr<void, Free> scratch[3];
-  thread_local int64_t scratch_bytes[3] = {0, 0, 0};
+  thread_local std::unique_ptr<void, Free> scratch[4];
+  thread_local int64_t scratch_bytes[4] = {0, 0, 0, 0};
   const int64_t need = q8::ActivationBytes(M, K);
   if (scratch_bytes[slot] < need) {
     const int64_t bytes = (need + 63) / 64 * 64;
@@ -306,6 +307,21 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
     S += a.count[i];
     slots_end = std::max(slots_end, a.begin[i] + a.count[i]);
   }
+  const bool jobs = int8 && down_int8 && S <= kExpertJobsMaxSlots;
+  bool shared_jobs = false;
+  if (a.shared && jobs) {
+    const SharedMlpArgs& m = *a.shared;
+    const WeightView w[2] = {m.gate, m.up};
+    shared_jobs = SharesInt8Input(w, 2, a.T, a.x, a.D) && m.gate.cols == a.D &&
+                  SharesInt8Input(&m.down, 1, a.T, m.g, m.I);
+  }
+  if (a.shared && !shared_jobs) {  // the shared MLP on its own, then the routed experts
+    RunSharedMlp(a);
+    MoeExpertsArgs routed = a;
+    routed.shared = nullptr;
+    MoeExperts(routed);
+    return;
+  }
   if (!int8) {
     Backend::MoeExperts(a);
     return;
@@ -313,7 +329,7 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
   const int64_t D = a.D, I = a.I;
   const q8::ActivationBuffers all = ThreadActivations(2, a.T, D);
   QuantizeInt8(a.x, D, a.T, D, all);
-  if (down_int8 && S <= kExpertJobsMaxSlots) {
+  if (jobs) {
     MoeExpertsAsJobs(a, all, slots_end);
     return;
   }
@@ -331,21 +347,36 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
 // Few slots (decode): every expert's gate and up as one set of jobs, then every down projection as
 // another, each in one parallel region where the threads claim runs of panels across the experts.
 // One expert per thread instead leaves a thread idle while the other finishes its last expert, and
-// a matrix per region pays a fork and join for each. The same numbers: the kernels and the per-row
-// quantisation of the down projections' inputs are those of the per-expert path.
+// a matrix per region pays a fork and join for each. The shared experts' gate and up join the first
+// set (on every token's row of `all`), their down projection the second: a decode step of the 8-layer
+// V2-Lite file enters 64 parallel regions instead of 78. The same numbers: the kernels and the per-row quantisation of the
+// down projections' inputs are those of the per-expert path and of RunSharedMlp.
 void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationBuffers& all,
                                   int64_t slots_end) const {
   const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);
+  const SharedMlpArgs* sh = a.shared;
   const q8::ActivationBuffers rows = ThreadActivations(1, slots_end, D);
-  std::vector<q8::Int8Job>& jobs = ThreadJobs(2 * a.n_active);
+  std::vector<q8::Int8Job>& jobs = ThreadJobs(2 * a.n_active + 2);
+  int64_t n = 0;
+  if (sh) {
+    jobs[n++] = {sh->gate, all.xq, all.xs, all.xsum, a.T, sh->g, sh->I};
+    jobs[n++] = {sh->up, all.xq, all.xs, all.xsum, a.T, sh->u, sh->I};
+  }
   for (int64_t i = 0; i < a.n_active; ++i) {
     const int64_t o = a.begin[i], m = a.count[i];
     const q8::ActivationBuffers b{rows.xq + o * stride, rows.xs + o * G, rows.xsum + o * G};
     GatherRows(a, all, b, o, m);
-    jobs[2 * i] = {a.gate[i], b.xq, b.xs, b.xsum, m, a.g + o * I, I};
-    jobs[2 * i + 1] = {a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I};
+    jobs[n++] = {a.gate[i], b.xq, b.xs, b.xsum, m, a.g + o * I, I};
+    jobs[n++] = {a.up[i], b.xq, b.xs, b.xsum, m, a.u + o * I, I};
   }
-  q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), 2 * a.n_active);
+  q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), n);
+  n = 0;
+  if (sh) {
+    SiluMul(sh->g, sh->u, sh->g, a.T * sh->I);
+    const q8::ActivationBuffers b = ThreadActivations(3, a.T, sh->I);
+    QuantizeInt8(sh->g, sh->I, a.T, sh->I, b);
+    jobs[n++] = {sh->down, b.xq, b.xs, b.xsum, a.T, sh->y, D};
+  }
   const q8::ActivationBuffers h = ThreadActivations(0, slots_end, I);
   const int64_t Gi = q8::Groups(I), stride_i = q8::XqStride(I);
   for (int64_t i = 0; i < a.n_active; ++i) {
@@ -353,9 +384,9 @@ void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationB
     SiluMul(a.g + o * I, a.u + o * I, a.g + o * I, m * I);
     const q8::ActivationBuffers b{h.xq + o * stride_i, h.xs + o * Gi, h.xsum + o * Gi};
     QuantizeInt8(a.g + o * I, I, m, I, b);
-    jobs[i] = {a.down[i], b.xq, b.xs, b.xsum, m, a.y + o * D, D};
+    jobs[n++] = {a.down[i], b.xq, b.xs, b.xsum, m, a.y + o * D, D};
   }
-  q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), a.n_active);
+  q8::LinearInt8JobsOn(Int8Kernel(), jobs.data(), n);
 }
 
 void CpuBackend::LinearBf16(const WeightView& w, const float* x, int64_t ldx, int64_t M, float* y,

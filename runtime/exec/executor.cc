@@ -20,17 +20,20 @@ enum ScratchSlot : size_t {
   // Attention (RunMla).
   kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut, kNumAttentionSlots,
   // Feed-forward (RunMlp, RunMoe) and the LM head's gathered rows.
-  kGate = kNumAttentionSlots, kUp, kGathered, kExpertOut, kRouterLogits, kRouteScratch, kNumScratchSlots
+  kGate = kNumAttentionSlots, kUp, kGathered, kExpertOut, kRouterLogits, kRouteScratch, kSharedGate, kSharedUp,
+  kNumScratchSlots
 };
 // The buffer behind each slot. The attention's slots and the feed-forward's are never live together
 // (a node's scratch is dead once it has written its output buffer; the LM head runs after every
 // layer), so each feed-forward slot takes the buffer of an attention slot, paired so that large ones
 // share: the session holds the larger phase's scratch, not both. V2-Lite in 512-token chunks at 4096
-// tokens of context: kUp (22 MiB) on kKv, kGate (22) on kQLatent, kExpertOut (24) on kAttnOut (32).
+// tokens of context: kUp (22 MiB) on kKv, kGate (22) on kQLatent, kExpertOut (24) on kAttnOut (32),
+// kSharedGate and kSharedUp (6 each) on kPassLatent and kPassRope (used only when values pass in
+// head groups).
 constexpr size_t kBufferOf[kNumScratchSlots] = {
     kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut,
     /*kGate*/ kQLatent, /*kUp*/ kKv, /*kGathered*/ kQ, /*kExpertOut*/ kAttnOut, /*kRouterLogits*/ kQRope,
-    /*kRouteScratch*/ kHeads};
+    /*kRouteScratch*/ kHeads, /*kSharedGate*/ kPassLatent, /*kSharedUp*/ kPassRope};
 constexpr bool OwnBufferPerSlotOfAPhase() {
   for (size_t i = 0; i < kNumScratchSlots; ++i) {
     if (i < kNumAttentionSlots ? kBufferOf[i] != i : kBufferOf[i] >= kNumAttentionSlots) return false;
@@ -284,9 +287,17 @@ void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* 
     return expert_offset_[a + 1] - expert_offset_[a] > expert_offset_[b + 1] - expert_offset_[b];
   });
 
-  // Shared experts first (they write y).
+  // The shared experts write y (in the same call as the routed experts, which may stream their
+  // weights together); without them it starts at zero.
+  SharedMlpArgs shared;
   if (w.has_shared) {
-    RunMlp(w.shared, x, y, T);
+    shared.gate = w.shared.gate;
+    shared.up = w.shared.up;
+    shared.down = w.shared.down;
+    shared.I = w.shared.gate.rows;
+    shared.g = Scratch(kSharedGate, T * shared.I);
+    shared.u = Scratch(kSharedUp, T * shared.I);
+    shared.y = y;
   } else {
     std::memset(y, 0, static_cast<size_t>(T * D) * sizeof(float));
   }
@@ -316,6 +327,7 @@ void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* 
   a.g = Scratch(kGate, S * I);
   a.u = Scratch(kUp, S * I);
   a.y = Scratch(kExpertOut, S * D);
+  a.shared = w.has_shared ? &shared : nullptr;
   be.MoeExperts(a);
   const float* ys = a.y;
   // y[t] += Σ_k weight[t, k] · expert output, in k order.
