@@ -103,6 +103,18 @@ struct MlaAttentionArgs {
   // Values path: true when every value is already a bf16 number (the caller rounded them once), so
   // that a kernel which rounds values to bf16 at bf16 precision may skip that; false is always right.
   bool values_bf16_exact = false;
+  // Keys form of the values path (keys != null; prefill of long prompts): the caller has also
+  // expanded every key's no-rope part per head, K[j, h] = W_UK^h ĉ_j (k_dim floats at keys[t] +
+  // h·k_head_stride + j·k_dim, laid out like values), and q_nope holds the queries' no-rope parts
+  // q^N [T, H, k_dim] (q_latent is not read):
+  //   s_j = scale · (q^N[t,h]·K[j, h] + q_rope[t,h]·k^R_j)
+  // The same scores as the absorbed form (q_latent = W_UK^hᵀ q^N), with k_dim instead of kv_rank
+  // multiply-adds each. keys_bf16_exact: as values_bf16_exact, for K.
+  const float* const* keys = nullptr;  // [T] or null
+  const float* q_nope = nullptr;       // [T, H, k_dim]
+  int64_t k_dim = 0;
+  int64_t k_head_stride = 0;  // floats
+  bool keys_bf16_exact = false;
 
   // The caller's choice of path for a batch of n_tokens whose tokens see `pairs` (token, key) pairs
   // in all (the sum of n_keys) and that would expand keys_to_expand keys (each sequence's keys up to
@@ -120,6 +132,13 @@ struct MlaAttentionArgs {
     return static_cast<double>(pairs) * static_cast<double>(kv_rank - v_dim) >=
            (static_cast<double>(keys_to_expand) - static_cast<double>(n_tokens)) * static_cast<double>(kv_rank) *
                static_cast<double>(v_dim);
+  }
+  // Whether the values path should take the keys form: per head, expanding a key costs kv_rank·k_dim
+  // multiply-adds, as much as the absorbed query of one token (which the keys form does without), and
+  // every (token, key) pair's score gets kv_rank − k_dim cheaper. The same rule as PreferValues with
+  // k_dim for v_dim: a fresh prompt always, and a 512-token chunk at 4k of context.
+  static bool PreferKeys(int64_t n_tokens, int64_t pairs, int64_t keys_to_expand, int64_t kv_rank, int64_t k_dim) {
+    return k_dim > 0 && PreferValues(n_tokens, pairs, keys_to_expand, kv_rank, k_dim);
   }
   // The values path's scratch, the gathered key latents (keys · kv_rank floats) and one pass of
   // expanded values (keys · v_dim floats per head), stays within budget_bytes: this many heads per
@@ -200,6 +219,15 @@ class Backend {
   virtual void MoeExperts(const MoeExpertsArgs& a) const;
   // The shared experts of a.shared alone (nothing when there are none), as MoeExperts defines them.
   void RunSharedMlp(const MoeExpertsArgs& a) const;
+
+  // The keys form's expansion (MlaAttentionArgs::keys) for heads h < H and keys j < n:
+  //   out[h·out_head_stride + j·k_dim + d] = Σ_r latents[j·ldl + r] · uk_t[h].At(r, d)
+  // with uk_t[h] = (W_UK^h)ᵀ [kv_rank, k_dim] dequantised exactly and the sum one chain of f32
+  // fused multiply-adds over r in order, at either precision (bf16 precision rounds K where it is
+  // used). The default runs that chain in scalar code; a backend's own kernel gives the same bits.
+  // Throws std::bad_alloc.
+  virtual void ExpandKeys(const WeightView* uk_t, int64_t H, const float* latents, int64_t ldl, int64_t n, float* out,
+                          int64_t out_head_stride) const;
 
   // y[m] = w ⊙ x[m] / sqrt(mean(x[m]²) + eps), n values per row.
   virtual void RmsNorm(const float* x, int64_t ldx, const float* w, int64_t n, int64_t M, float eps, float* y,

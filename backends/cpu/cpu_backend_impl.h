@@ -50,6 +50,8 @@ class CpuBackend final : public Backend {
   void LinearSameInput(const WeightView* w, int64_t count, const float* x, int64_t ldx, int64_t M, float* const* y,
                        const int64_t* ldy) const override;
   void MoeExperts(const MoeExpertsArgs& a) const override;
+  void ExpandKeys(const WeightView* uk_t, int64_t H, const float* latents, int64_t ldl, int64_t n, float* out,
+                  int64_t out_head_stride) const override;
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) const override;
   void MlaAttention(const MlaAttentionArgs& args) const override;
   // bf16 precision on AMX-BF16 or AVX2: both attention paths of those kernels round the cache rows

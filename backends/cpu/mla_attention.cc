@@ -24,6 +24,7 @@
 #include "backends/cpu/mla_attention_impl.h"
 #include "backends/cpu/q8_kernels.h"
 #include "runtime/core/log.h"
+#include "runtime/core/parallel_for.h"
 
 namespace moerun::cpu {
 
@@ -389,10 +390,40 @@ bool CpuBackend::AmxAttention() const {
   return precision_ == Precision::kBF16 && features_.avx512 && q8::DetectSupport().amx_bf16;
 }
 
+// The keys form's expansion: per head, W_UKᵀ dequantised once (rows split between the threads), then
+// tiles of keys split between them on the AVX2 kernel (the default's bits); without AVX2 the default.
+void CpuBackend::ExpandKeys(const WeightView* uk_t, int64_t H, const float* latents, int64_t ldl, int64_t n,
+                            float* out, int64_t out_head_stride) const {
+  if (!features_.avx2) {
+    Backend::ExpandKeys(uk_t, H, latents, ldl, n, out, out_head_stride);
+    return;
+  }
+  if (H <= 0 || n <= 0) return;
+  const int64_t R = uk_t[0].rows, dk = uk_t[0].cols;
+  thread_local std::vector<float> u;
+  u.resize(static_cast<size_t>(R * dk));  // may throw bad_alloc
+  float* up = u.data();
+  const int64_t tiles = (n + mla::avx2::kExpandRows - 1) / mla::avx2::kExpandRows;
+  const bool parallel = n * R * dk >= (int64_t{1} << 18);
+  for (int64_t h = 0; h < H; ++h) {
+    const WeightView& w = uk_t[h];
+    ParallelFor(R, parallel, [&](int64_t r) {
+      for (int64_t d = 0; d < dk; ++d) up[r * dk + d] = w.At(r, d);
+    });
+    float* o = out + h * out_head_stride;
+    ParallelFor(tiles, parallel, [&](int64_t i) {
+      const int64_t j0 = i * mla::avx2::kExpandRows, rows = std::min(mla::avx2::kExpandRows, n - j0);
+      mla::avx2::ExpandKeysRows(up, R, dk, latents + j0 * ldl, ldl, rows, o + j0 * dk);
+    });
+  }
+}
+
 void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const LatentCacheView& c = a.cache;
   if (a.n_tokens <= 0 || a.n_heads <= 0) return;
-  if (!a.q_latent || !a.out || !a.token_pages || !a.n_keys || (!c.pool) == (!c.pool_bf16) || c.page_size <= 0 ||
+  // The keys form reads q_nope and the expanded keys instead of q_latent, and only on the values path.
+  const bool queries = a.keys ? a.q_nope && a.values && a.k_dim > 0 : a.q_latent != nullptr;
+  if (!queries || !a.out || !a.token_pages || !a.n_keys || (!c.pool) == (!c.pool_bf16) || c.page_size <= 0 ||
       c.kv_rank <= 0 || c.rope_dim < 0 || (c.rope_dim > 0 && !a.q_rope)) {
     if (g_log_budget.fetch_sub(1) > 0) Log(LogLevel::kError, "cpu backend: MlaAttention called with invalid arguments");
     return;
@@ -424,7 +455,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const bool bf16 = precision_ == Precision::kBF16;
   const bool avx512 = features_.avx512 && !bf16;
   if (a.values) {
-    if (AmxAttention()) {
+    if (AmxAttention() && !a.keys) {  // the keys form: the AVX2 kernel rounds the same inputs
       mla::amx::AttendValues(a, parallel);
     } else {
       mla::AttendValues(a, avx512, features_.avx2, bf16, parallel);

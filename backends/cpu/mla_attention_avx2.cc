@@ -61,17 +61,6 @@ MOERUN_AVX2 inline void Store8(float* p, int64_t n, __m256 v) {
   }
 }
 
-// RoundBf16 on 8 lanes: the same bits.
-MOERUN_AVX2 inline __m256 RoundBf16x8(__m256 x) {
-  const __m256i b = _mm256_castps_si256(x), top = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), top);
-  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)),
-                                         _mm256_set1_epi32(0x7f800000));
-  const __m256i quiet = _mm256_and_si256(_mm256_or_si256(b, _mm256_set1_epi32(0x00400000)), top);
-  return _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet, nan));
-}
-
 // e^x on 8 lanes for x <= 0 (a score less a running max; -inf gives 0), within ~2 ulp of std::exp
 // down to -87.3; below that (under f32's normal range, 1e-38 of the max) it gives 0. NaN stays NaN.
 MOERUN_AVX2 inline __m256 Exp8(__m256 x) {
@@ -93,6 +82,7 @@ struct Scratch {
   std::vector<float> ph;                // [kValuesBlock, tokens]: one head's probabilities (values path)
   std::vector<const float*> rows;       // [kBlock]: the block's f32 rows (KeyForm::kRows)
   std::vector<const uint16_t*> rows16;  // [kBlock]: its bf16 rows (KeyForm::kBf16Rows)
+  std::vector<float> qk, kr, sh;        // the keys form: TransposeKeyQueries, ScoreKeysBlock's scratch
 };
 
 // The block's rows packed in slices of 16 columns: column c of key j at
@@ -612,11 +602,13 @@ template <bool kRound>
 MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0, int64_t nt) {
   const int64_t W = a.cache.kv_rank + a.cache.rope_dim, H = a.n_heads, dv = a.v_dim;
   const int64_t groups = (H + 7) / 8, ldst = groups * 8, ldj = nt * ldst, qstride = groups * W * 8;
+  const bool keys_form = a.keys != nullptr;
   int64_t n = 0;
   for (int64_t k = 0; k < nt; ++k) {
     n = std::max<int64_t>(n, a.n_keys[t0 + k]);
-    TransposeQueries<kRound>(a, t0 + k, sc.qt.data() + k * qstride);
+    if (!keys_form) TransposeQueries<kRound>(a, t0 + k, sc.qt.data() + k * qstride);
   }
+  if (keys_form) TransposeKeyQueries(a, t0, nt, kRound, sc.qk.data());
   std::fill(a.out + t0 * H * dv, a.out + (t0 + nt) * H * dv, 0.0f);
   std::fill(sc.max.begin(), sc.max.end(), -INFINITY);
   std::fill(sc.sum.begin(), sc.sum.end(), 0.0f);
@@ -627,18 +619,31 @@ MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0
     const int64_t nb = std::min(kValuesBlock, n - b0);
     int64_t seen[kValuesTileTokens];  // keys of the block that token k sees
     int64_t active[kValuesTileTokens], n_active = 0, common = nb;
-    WithBlock(sc, form, a.cache, a.token_pages[t0], b0, nb, [&](const auto& keys) MOERUN_AVX2 {
+    // Each token's scores of the block (score(k, st): absorbed, per token; the keys form has them for
+    // all tokens already), then its online softmax.
+    auto softmax_tokens = [&](auto&& score) MOERUN_AVX2 {
       for (int64_t k = 0; k < nt; ++k) {
         seen[k] = std::clamp<int64_t>(a.n_keys[t0 + k] - b0, 0, nb);
         if (seen[k] == 0) continue;
         active[n_active++] = k;
         common = std::min(common, seen[k]);
         float* st = sc.st.data() + k * ldst;
-        ScoreAll(sc.qt.data() + k * qstride, W, groups, keys, seen[k], a.scale, st, ldj);
+        score(k, st);
         Softmax<kRound>(st, ldj, seen[k], H, b0 > 0, sc.max.data() + k * ldst, sc.sum.data() + k * ldst,
                         a.out + (t0 + k) * H * dv, dv);
       }
-    });
+    };
+    if (keys_form) {
+      ScoreKeysBlock(a, sc.qk.data(), nt, a.token_pages[t0], a.keys[t0], b0, nb, kRound, sc.kr.data(),
+                     sc.sh.data(), sc.st.data(), ldst, ldj);
+      softmax_tokens([](int64_t, float*) {});
+    } else {
+      WithBlock(sc, form, a.cache, a.token_pages[t0], b0, nb, [&](const auto& keys) MOERUN_AVX2 {
+        softmax_tokens([&](int64_t k, float* st) MOERUN_AVX2 {
+          ScoreAll(sc.qt.data() + k * qstride, W, groups, keys, seen[k], a.scale, st, ldj);
+        });
+      });
+    }
     if (n_active == 0) continue;
     // The keys all of them see, together; one token alone takes the 64-wide kernel for all.
     const int64_t together = n_active > 1 ? common : 0;
@@ -731,6 +736,16 @@ bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round)
   int64_t n = 0;
   for (int64_t k = 0; k < nt; ++k) n = std::max<int64_t>(n, a.n_keys[t0 + k]);
   if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, n, nt)) return false;
+  if (a.keys) {
+    try {
+      tls_scratch.qk.resize(static_cast<size_t>(a.n_heads * (a.k_dim + a.cache.rope_dim) * kKeyLanes));
+      tls_scratch.kr.resize(static_cast<size_t>(kValuesBlock * a.cache.rope_dim));
+      tls_scratch.sh.resize(static_cast<size_t>(a.n_heads * kValuesBlock * kKeyLanes));
+    } catch (const std::exception&) {
+      LogScratchFailure("cpu backend: MlaAttention", n);
+      return false;
+    }
+  }
   (round ? AttendTokens<true> : AttendTokens<false>)(tls_scratch, a, t0, nt);
   return true;
 }

@@ -115,6 +115,27 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
 // 12 took 5-8% longer than 24, and 48 no less; AMD EPYC test host).
 inline constexpr int64_t kValuesTileTokens = 24;
 bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round);
+
+// The keys form's scores (MlaAttentionArgs::keys; mla_keys_avx2.cc), for the values path above.
+// Tokens per column of the transposed queries.
+inline constexpr int64_t kKeyLanes = 24;
+// The queries of tokens [t0, t0 + nt) (nt <= kValuesTileTokens) transposed per head, no-rope columns
+// then rope ones: qk[(h·(k_dim + rope_dim) + c)·kKeyLanes + k], zero for k >= nt (n_heads·(k_dim +
+// rope_dim)·kKeyLanes floats); rounded to bf16 with round.
+void TransposeKeyQueries(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round, float* qk);
+// The scaled scores of keys [b0, b0 + nb) (nb <= kValuesBlock of mla_attention_avx2.cc) for those nt
+// tokens and every head, st[j·ldj + k·ldst + h] (ldst a multiple of 8; lanes from n_heads on get
+// zeros): keys = the tokens' expanded keys (a.keys[t0]), pages their page table, kr scratch for
+// nb·rope_dim floats, sh for n_heads·nb·kKeyLanes. With round, K is rounded to bf16 (unless
+// keys_bf16_exact) and so are an f32 cache's rope keys (a bf16 cache's are bf16 already). A token's
+// scores are the same bits in any tile.
+void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages, const float* keys,
+                    int64_t b0, int64_t nb, bool round, float* kr, float* sh, float* st, int64_t ldst, int64_t ldj);
+// Backend::ExpandKeys for one head and `rows` keys: out[j·dk + d] = Σ_r lat[j·ldl + r] · u[r·dk + d],
+// u the head's dequantised W_UKᵀ [R, dk]; register tiles of kExpandRows keys × 16 columns, each lane
+// one chain of FMAs over r in order (the default's bits).
+inline constexpr int64_t kExpandRows = 6;
+void ExpandKeysRows(const float* u, int64_t R, int64_t dk, const float* lat, int64_t ldl, int64_t rows, float* out);
 }  // namespace avx2
 
 // The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and

@@ -313,6 +313,7 @@ __attribute__((target("avx512f,fma"))) bool AttendTileValues(const MlaAttentionA
 template <bool kRound>
 bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim, H = a.n_heads, dv = a.v_dim;
+  const int64_t Q = a.keys ? a.k_dim : R;  // query columns before the rope part
   const int64_t n = std::max<int32_t>(a.n_keys[t], 0);
   float* out = a.out + t * H * dv;
   std::fill(out, out + H * dv, 0.0f);
@@ -322,7 +323,7 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
   try {
     if (s.size() < static_cast<size_t>(n)) s.resize(static_cast<size_t>(n));
     if (rows.size() < static_cast<size_t>(n)) rows.resize(static_cast<size_t>(n));
-    if (q.size() < static_cast<size_t>(R + P)) q.resize(static_cast<size_t>(R + P));
+    if (q.size() < static_cast<size_t>(Q + P)) q.resize(static_cast<size_t>(Q + P));
   } catch (const std::exception&) {
     mla::LogScratchFailure("cpu backend: MlaAttention", n);
     return false;
@@ -331,16 +332,19 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
   const float* values = a.values[t];
   auto in = [](float v) { return kRound ? RoundBf16(v) : v; };
   for (int64_t h = 0; h < H; ++h) {
-    for (int64_t i = 0; i < R; ++i) q[i] = in(a.q_latent[(t * H + h) * R + i]);
-    for (int64_t i = 0; i < P; ++i) q[R + i] = in(a.q_rope[(t * H + h) * P + i]);
+    const float* qn = a.keys ? a.q_nope + (t * H + h) * Q : a.q_latent + (t * H + h) * R;
+    for (int64_t i = 0; i < Q; ++i) q[i] = in(qn[i]);
+    for (int64_t i = 0; i < P; ++i) q[Q + i] = in(a.q_rope[(t * H + h) * P + i]);
     const float* ql = q.data();
-    const float* qr = q.data() + R;
+    const float* qr = q.data() + Q;
     float mx = -INFINITY;
     for (int64_t j = 0; j < n; ++j) {
       const float* row = rows[j];
+      // The keys form's expanded keys, else the latent row (the absorbed form).
+      const float* k = a.keys ? a.keys[t] + h * a.k_head_stride + j * Q : row;
       float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < R; ++i) acc += ql[i] * in(row[i]);
+      for (int64_t i = 0; i < Q; ++i) acc += ql[i] * in(k[i]);
       for (int64_t i = 0; i < P; ++i) acc += qr[i] * in(row[R + i]);
       s[j] = a.scale * acc;
       mx = std::max(mx, s[j]);
@@ -362,11 +366,13 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
 
 }  // namespace
 
-// The values path: tiles of consecutive tokens of one sequence (AVX-512, AVX2) or single tokens,
-// run concurrently, the last tile first (later tokens see more keys). Tiles hold up to kTileTokens
-// tokens (avx2::kValuesTileTokens on AVX2), fewer when that leaves less than two tiles per thread.
+// The values path and its keys form: tiles of consecutive tokens of one sequence (AVX-512, AVX2) or
+// single tokens, run concurrently, the last tile first (later tokens see more keys). Tiles hold up to
+// kTileTokens tokens (avx2::kValuesTileTokens on AVX2), fewer when that leaves less than two tiles per
+// thread.
 void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bool parallel) {
   const int64_t T = a.n_tokens;
+  avx = avx && !a.keys;  // the keys form: the AVX2 kernel (every AVX-512 CPU has AVX2) or the scalar one
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   const int64_t most = avx    ? std::clamp<int64_t>(T / (2 * threads), 1, kTileTokens)
                        : avx2 ? std::clamp<int64_t>(T / (2 * threads), 1, avx2::kValuesTileTokens)

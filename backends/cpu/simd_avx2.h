@@ -37,4 +37,15 @@ __attribute__((target("avx2,fma"), always_inline)) inline __m256 ExpAvx2(__m256 
   return _mm256_mul_ps(_mm256_mul_ps(p, f1), f2);
 }
 
+// x rounded to bf16 (nearest even) on 8 lanes, RoundBf16's bits: NaN stays NaN (quieted).
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 RoundBf16x8(__m256 x) {
+  const __m256i b = _mm256_castps_si256(x), top = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), top);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i quiet = _mm256_and_si256(_mm256_or_si256(b, _mm256_set1_epi32(0x00400000)), top);
+  return _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet, nan));
+}
+
 }  // namespace moerun::cpu

@@ -18,7 +18,8 @@ constexpr float kInnerNormEps = 1e-6f;
 
 enum ScratchSlot : size_t {
   // Attention (RunMla).
-  kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut, kNumAttentionSlots,
+  kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut, kExpandedKeys,
+  kNumAttentionSlots,
   // Feed-forward (RunMlp, RunMoe) and the LM head's gathered rows.
   kGate = kNumAttentionSlots, kUp, kGathered, kExpertOut, kRouterLogits, kRouteScratch, kSharedGate, kSharedUp,
   kNumScratchSlots
@@ -31,7 +32,7 @@ enum ScratchSlot : size_t {
 // kSharedGate and kSharedUp (6 each) on kPassLatent and kPassRope (used only when values pass in
 // head groups).
 constexpr size_t kBufferOf[kNumScratchSlots] = {
-    kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut,
+    kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut, kExpandedKeys,
     /*kGate*/ kQLatent, /*kUp*/ kKv, /*kGathered*/ kQ, /*kExpertOut*/ kAttnOut, /*kRouterLogits*/ kQRope,
     /*kRouteScratch*/ kHeads, /*kSharedGate*/ kPassLatent, /*kSharedUp*/ kPassRope};
 constexpr bool OwnBufferPerSlotOfAPhase() {
@@ -132,35 +133,11 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   be.Rope(kv + R, T, 1, W, dr, positions_.data(), inv_freq, half, af);
   for (int64_t t = 0; t < T; ++t) cache_.WriteRow(n.layer, seq_of_[t], positions_[t], kv + t * W);
 
-  // Absorbed query: q_latent[t, h] = W_UK^hᵀ q^N[t, h]; q_rope packed per head.
-  float* q_lat = Scratch(kQLatent, T * H * R);
-  float* q_rope = Scratch(kQRope, T * H * dr);
-  for (int64_t h = 0; h < H; ++h) head_views_[h] = w.uk_t.At(h);
-  be.LinearBatch(head_views_.data(), H, q, qk, H * qk, T, q_lat, R, H * R);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h)
-      std::memcpy(q_rope + (t * H + h) * dr, q + t * H * qk + h * qk + dn, dr * sizeof(float));
-
-  MlaAttentionArgs a;
-  a.n_tokens = T;
-  a.n_heads = H;
-  a.q_latent = q_lat;
-  a.q_rope = q_rope;
-  a.cache = cache_.View(n.layer);
-  a.token_pages = token_pages_.data();
-  a.n_keys = n_keys_.data();
-  a.scale = model_->softmax_scale();
-  float* heads = Scratch(kHeads, T * H * dv);
-  for (int64_t h = 0; h < H; ++h) head_views_[h] = w.uv.At(h);
-
-  // Values path (prefill, MlaAttentionArgs::PreferValues): every key of the batch's sequences, up to
-  // each sequence's last token in the batch, is expanded once, V[j, h] = W_UV^h ĉ_j, and attention
-  // writes the heads directly. The key latents are gathered from the cache into kKv (its rows are in
-  // the cache already) and V goes to kAttnOut, which the latent path's output would use; when that
-  // scratch for all heads would exceed the session's values_scratch_bytes, heads go in passes. A bf16
-  // cache holds rounded rows: this batch's own keys then expand from their f32 latents (kept aside in
-  // kAttnOut while kKv is overwritten), so that a fresh prompt expands exactly what an f32 cache
-  // would give; earlier keys expand from the cache's bf16 rows.
+  // The path. Values (prefill, MlaAttentionArgs::PreferValues): every key of the batch's sequences,
+  // up to each sequence's last token in the batch, is expanded once, V[j, h] = W_UV^h ĉ_j, and
+  // attention writes the heads directly; in its keys form (PreferKeys) the keys' no-rope parts too,
+  // K[j, h] = W_UK^h ĉ_j (Backend::ExpandKeys), and scores take q^N·K instead of the absorbed query.
+  // Else the latent path (decode, short chunks at long context).
   const int64_t n_seq = cache_.max_sequences();
   std::vector<int64_t>& seq_first = seq_first_key_;  // sized n_seq + 1 at creation
   std::fill(seq_first.begin(), seq_first.end(), 0);
@@ -169,8 +146,48 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   const int64_t K = seq_first[n_seq];
   int64_t pairs = 0;
   for (int64_t t = 0; t < T; ++t) pairs += n_keys_[t];
-  const int64_t per_pass = MlaAttentionArgs::ValuesHeadsPerPass(K, H, R, dv, options_.values_scratch_bytes);
-  if (per_pass > 0 && MlaAttentionArgs::PreferValues(T, pairs, K, R, dv)) {
+  const int64_t budget = options_.values_scratch_bytes;
+  const int64_t per_pass_values = MlaAttentionArgs::ValuesHeadsPerPass(K, H, R, dv, budget);
+  const bool values = per_pass_values > 0 && MlaAttentionArgs::PreferValues(T, pairs, K, R, dv);
+  const int64_t per_pass_keys = values ? MlaAttentionArgs::ValuesHeadsPerPass(K, H, R, dv + dn, budget) : 0;
+  const bool keys_form = per_pass_keys > 0 && MlaAttentionArgs::PreferKeys(T, pairs, K, R, dn);
+  const int64_t per_pass = keys_form ? per_pass_keys : per_pass_values;
+
+  // Queries: q_rope packed per head; the absorbed q_latent[t, h] = W_UK^hᵀ q^N[t, h], or in the keys
+  // form q^N itself packed per head.
+  float* q_lat = Scratch(kQLatent, T * H * (keys_form ? dn : R));
+  float* q_rope = Scratch(kQRope, T * H * dr);
+  for (int64_t h = 0; h < H; ++h) key_views_[h] = w.uk_t.At(h);
+  if (keys_form) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(q_lat + (t * H + h) * dn, q + t * H * qk + h * qk, dn * sizeof(float));
+  } else {
+    be.LinearBatch(key_views_.data(), H, q, qk, H * qk, T, q_lat, R, H * R);
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(q_rope + (t * H + h) * dr, q + t * H * qk + h * qk + dn, dr * sizeof(float));
+
+  MlaAttentionArgs a;
+  a.n_tokens = T;
+  a.n_heads = H;
+  (keys_form ? a.q_nope : a.q_latent) = q_lat;
+  a.q_rope = q_rope;
+  a.cache = cache_.View(n.layer);
+  a.token_pages = token_pages_.data();
+  a.n_keys = n_keys_.data();
+  a.scale = model_->softmax_scale();
+  float* heads = Scratch(kHeads, T * H * dv);
+  for (int64_t h = 0; h < H; ++h) head_views_[h] = w.uv.At(h);
+
+  // The values path: the key latents are gathered from the cache into kKv (its rows are in the cache
+  // already), V goes to kAttnOut, which the latent path's output would use, and K to kExpandedKeys;
+  // when that scratch for all heads would exceed the session's values_scratch_bytes, heads go in
+  // passes. A bf16 cache holds rounded rows: this batch's own keys then expand from their f32 latents
+  // (kept aside in kAttnOut while kKv is overwritten), so that a fresh prompt expands exactly what an
+  // f32 cache would give; earlier keys expand from the cache's bf16 rows.
+  if (values) {
     float* own = nullptr;
     if (a.cache.bf16()) {
       own = Scratch(kAttnOut, T * R);
@@ -183,20 +200,33 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
     for (int64_t t = 0; own && t < T; ++t)
       std::memcpy(keys + (seq_first[seq_of_[t]] + positions_[t]) * R, own + t * R, R * sizeof(float));
     token_values_.resize(static_cast<size_t>(T));  // may throw bad_alloc: Decode reports it
+    token_keys_.resize(static_cast<size_t>(T));
     a.values = token_values_.data();
     a.v_dim = dv;
     a.v_head_stride = K * dv;
+    // bf16 precision rounds every value (and K) to bf16 where it is used, once per query token:
+    // rounded here once, the kernels may skip it (the same numbers: rounding twice changes nothing).
+    const bool bf16 = be.precision() == Precision::kBF16;
+    auto round_bf16 = [](float* p, int64_t n) {
+      ParallelFor(n, n >= (1 << 18), [&](int64_t i) { p[i] = Bf16ToF32(F32ToBf16(p[i])); });
+    };
     for (int64_t h0 = 0; h0 < H; h0 += per_pass) {
       const int64_t hg = std::min(per_pass, H - h0);
       float* v = Scratch(kAttnOut, hg * K * dv);  // [hg, K, dv]
       be.LinearBatch(head_views_.data() + h0, hg, keys, 0, R, K, v, K * dv, dv);
-      // bf16 precision rounds every value to bf16 where it is used, once per query token: rounded
-      // here once, the kernels may skip it (the same numbers: rounding twice changes nothing).
-      a.values_bf16_exact = be.precision() == Precision::kBF16;
-      if (a.values_bf16_exact) {
-        ParallelFor(hg * K * dv, hg * K * dv >= (1 << 18), [&](int64_t i) { v[i] = Bf16ToF32(F32ToBf16(v[i])); });
-      }
+      a.values_bf16_exact = bf16;
+      if (bf16) round_bf16(v, hg * K * dv);
       for (int64_t t = 0; t < T; ++t) token_values_[t] = v + seq_first[seq_of_[t]] * dv;
+      if (keys_form) {
+        float* kn = Scratch(kExpandedKeys, hg * K * dn);  // [hg, K, dn]
+        be.ExpandKeys(key_views_.data() + h0, hg, keys, R, K, kn, K * dn);
+        a.keys_bf16_exact = bf16;
+        if (bf16) round_bf16(kn, hg * K * dn);
+        for (int64_t t = 0; t < T; ++t) token_keys_[t] = kn + seq_first[seq_of_[t]] * dn;
+        a.keys = token_keys_.data();
+        a.k_dim = dn;
+        a.k_head_stride = K * dn;
+      }
       a.n_heads = hg;
       if (hg == H) {
         a.out = heads;
@@ -204,14 +234,15 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
         continue;
       }
       // A pass over some of the heads: their queries gathered, their outputs put in place.
-      float* pl = Scratch(kPassLatent, T * hg * R);
+      const int64_t ql = keys_form ? dn : R;
+      float* pl = Scratch(kPassLatent, T * hg * ql);
       float* pr = Scratch(kPassRope, T * hg * dr);
       float* po = Scratch(kPassOut, T * hg * dv);
       for (int64_t t = 0; t < T; ++t) {
-        std::memcpy(pl + t * hg * R, q_lat + (t * H + h0) * R, hg * R * sizeof(float));
+        std::memcpy(pl + t * hg * ql, q_lat + (t * H + h0) * ql, hg * ql * sizeof(float));
         std::memcpy(pr + t * hg * dr, q_rope + (t * H + h0) * dr, hg * dr * sizeof(float));
       }
-      a.q_latent = pl;
+      (keys_form ? a.q_nope : a.q_latent) = pl;
       a.q_rope = pr;
       a.out = po;
       be.MlaAttention(a);

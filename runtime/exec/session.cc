@@ -22,6 +22,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
                                         options.max_sequences, s->model_->backend().Bf16LatentCache()));
   try {
     s->head_views_.resize(c.num_heads);
+    s->key_views_.resize(c.num_heads);
     s->expert_offset_.resize(c.n_routed_experts + 1);
     s->expert_next_.resize(c.n_routed_experts);
     s->active_experts_.reserve(c.n_routed_experts);

@@ -33,7 +33,7 @@ struct Batch {
 class Session {
  public:
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model, const SessionOptions& options);
-  static constexpr size_t kScratchSlots = 10;  // executor.cc's scratch buffers (kBufferOf)
+  static constexpr size_t kScratchSlots = 11;  // executor.cc's scratch buffers (kBufferOf)
 
   // Appends the batch to its sequences and computes the requested logits. On failure the sequences
   // are as before the call; a batch rejected before the forward pass (invalid, KV cache full, no
@@ -86,13 +86,14 @@ class Session {
   std::vector<int32_t> slot_of_;         // [T * K]: slot of (token, k)
   std::vector<int32_t> slot_token_;      // [T * K]: token of a slot
   std::vector<WeightView> head_views_;  // one per attention head, for LinearBatch
+  std::vector<WeightView> key_views_;   // one per attention head: W_UKᵀ for the keys form's expansion
   // Per active expert (at most E): its first slot, slot count and gate, up, down weights.
   std::vector<int64_t> active_begin_, active_count_;
   std::vector<WeightView> active_gate_, active_up_, active_down_;
   // MLA values path: [max_sequences + 1] first key of each sequence in the expanded keys, and [T]
-  // each token's values.
+  // each token's values (and, in the keys form, its expanded keys).
   std::vector<int64_t> seq_first_key_;
-  std::vector<const float*> token_values_;
+  std::vector<const float*> token_values_, token_keys_;
 };
 
 }  // namespace moerun

@@ -63,6 +63,10 @@ struct ValuesCase {
   std::vector<float> values;                      // [H, K, dv]
   std::vector<const float*> token_values;
   int64_t K = 0;
+  // The keys form (AddKeysForm; dk = 0 without): q^N [T, H, dk], W_UK [H, dk, R], K [H, K, dk].
+  int64_t dk = 0;
+  std::vector<float> q_nope, uk, keys;
+  std::vector<const float*> token_keys;
 
   MlaAttentionArgs Args() const {
     MlaAttentionArgs a;
@@ -77,6 +81,24 @@ struct ValuesCase {
     return a;
   }
 };
+
+// Every cached key's latent ĉ_j through per-head matrices w [H, width, R], in double: out[h, j, :] =
+// w^h ĉ_j ([H, K, width], RunMla's layout of V and K).
+inline std::vector<float> ExpandInDouble(const ValuesCase& c, const std::vector<float>& w, int64_t width) {
+  std::vector<float> out(static_cast<size_t>(c.H * c.K * width), 0.0f);
+  const LatentCacheView view{c.pool.data(), c.page_size, c.R, c.P};
+  for (size_t s = 0; s < c.seq_keys.size(); ++s)
+    for (int64_t j = 0; j < c.seq_keys[s]; ++j) {
+      const float* row = view.Row(c.tables[s].data(), j);
+      for (int64_t h = 0; h < c.H; ++h)
+        for (int64_t i = 0; i < width; ++i) {
+          double acc = 0.0;
+          for (int64_t r = 0; r < c.R; ++r) acc += static_cast<double>(w[(h * width + i) * c.R + r]) * row[r];
+          out[(h * c.K + c.seq_first[s] + j) * width + i] = static_cast<float>(acc);
+        }
+    }
+  return out;
+}
 
 inline ValuesCase MakeValuesCase(int64_t H, int64_t R, int64_t P, int64_t dv, int64_t page_size,
                                  const std::vector<int64_t>& cached, const std::vector<int32_t>& order,
@@ -113,31 +135,51 @@ inline ValuesCase MakeValuesCase(int64_t H, int64_t R, int64_t P, int64_t dv, in
   c.q_rope = RandomVector(c.T * H * P, rng, 0.5f);
   c.uv = RandomVector(H * dv * R, rng, 1.0f / std::sqrt(static_cast<float>(R)));
   // V[h, j, :] = W_UV^h ĉ_j, in double, in RunMla's layout.
-  c.values.assign(static_cast<size_t>(H * c.K * dv), 0.0f);
-  const LatentCacheView view{c.pool.data(), page_size, R, P};
-  for (int64_t s = 0; s < n_seq; ++s)
-    for (int64_t j = 0; j < c.seq_keys[s]; ++j) {
-      const float* row = view.Row(c.tables[s].data(), j);
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < dv; ++i) {
-          double acc = 0.0;
-          for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(c.uv[(h * dv + i) * R + r]) * row[r];
-          c.values[(h * c.K + c.seq_first[s] + j) * dv + i] = static_cast<float>(acc);
-        }
-    }
+  c.values = ExpandInDouble(c, c.uv, dv);
   for (int64_t t = 0; t < c.T; ++t) c.token_values.push_back(c.values.data() + c.seq_first[c.seq_of[t]] * dv);
   return c;
+}
+
+// Gives c a keys form with k_dim dk: random q^N and W_UK, the absorbed queries made q_latent[t, h] =
+// W_UK^hᵀ q^N[t, h] (so both forms score alike), and K[h, j] = W_UK^h ĉ_j, in double.
+inline void AddKeysForm(ValuesCase& c, int64_t dk, std::mt19937& rng) {
+  const int64_t H = c.H, R = c.R, T = c.T;
+  c.dk = dk;
+  c.q_nope = RandomVector(T * H * dk, rng, 0.3f);
+  c.uk = RandomVector(H * dk * R, rng, 1.0f / std::sqrt(static_cast<float>(dk)));
+  for (int64_t th = 0; th < T * H; ++th)
+    for (int64_t r = 0; r < R; ++r) {
+      double acc = 0.0;
+      for (int64_t d = 0; d < dk; ++d)
+        acc += static_cast<double>(c.uk[((th % H) * dk + d) * R + r]) * c.q_nope[th * dk + d];
+      c.q_latent[th * R + r] = static_cast<float>(acc);
+    }
+  c.keys = ExpandInDouble(c, c.uk, dk);
+  c.token_keys.clear();
+  for (int64_t t = 0; t < T; ++t) c.token_keys.push_back(c.keys.data() + c.seq_first[c.seq_of[t]] * dk);
+}
+
+// The values path's args for c (its keys form when c has one), writing to out.
+inline MlaAttentionArgs ValuesArgs(const ValuesCase& c, float* out) {
+  MlaAttentionArgs a = c.Args();
+  a.values = c.token_values.data();
+  a.v_dim = c.dv;
+  a.v_head_stride = c.K * c.dv;
+  if (c.dk > 0) {
+    a.keys = c.token_keys.data();
+    a.q_nope = c.q_nope.data();
+    a.q_latent = nullptr;
+    a.k_dim = c.dk;
+    a.k_head_stride = c.K * c.dk;
+  }
+  a.out = out;
+  return a;
 }
 
 // Runs the values path of `be` on c; checks that nothing is written past the output.
 inline std::vector<float> RunValues(const Backend& be, const ValuesCase& c) {
   std::vector<float> got(c.T * c.H * c.dv + 64, kSentinel);  // 64 past the end: nothing may write there
-  MlaAttentionArgs a = c.Args();
-  a.values = c.token_values.data();
-  a.v_dim = c.dv;
-  a.v_head_stride = c.K * c.dv;
-  a.out = got.data();
-  be.MlaAttention(a);
+  be.MlaAttention(ValuesArgs(c, got.data()));
   for (size_t i = c.T * c.H * c.dv; i < got.size(); ++i) EXPECT_EQ(got[i], kSentinel) << "wrote past the output";
   got.resize(c.T * c.H * c.dv);
   return got;

@@ -226,17 +226,10 @@ TEST(MlaValuesAvx2, MatchesModel) {
 // tokens, split evenly) gives every token the bits it gets alone (its own scores, softmax and
 // rounding; the keys the tile's tokens share weighed together in key order, the rest per token):
 // f32 rows in place (f32), packed rows rounded (bf16 on an f32 cache) and bf16 rows in place (bf16
-// on a bf16 cache), value rows rounded or not, key counts that differ within a tile (a token with
-// none, counts out of order, a count on a 64-key block boundary), and dv with a partial 16-wide
-// slice.
-TEST(MlaValuesAvx2, TilesEqualTokensAlone) {
-  if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
-  std::mt19937 rng(36);
-  // Moved in, not copied: a case's token pointers point into its own vectors.
-  std::vector<ValuesCase> cases;
-  cases.push_back(MakeValuesCase(16, 512, 64, 128, 64, {70}, std::vector<int32_t>(13, 0), true, rng));
-  cases.push_back(MakeValuesCase(5, 48, 16, 40, 7, {0}, std::vector<int32_t>(20, 0), false, rng));
-  cases.push_back(MakeValuesCase(20, 64, 16, 24, 16, {120}, std::vector<int32_t>(9, 0), true, rng));
+// on a bf16 cache), value rows (and the keys form's K) rounded or not, key counts that differ within
+// a tile (a token with none, counts out of order, a count on a 64-key block boundary), and dv with a
+// partial 16-wide slice.
+void ExpectTilesEqualTokensAlone(std::vector<ValuesCase>& cases) {
   cases[1].n_keys[3] = 0;
   std::swap(cases[1].n_keys[6], cases[1].n_keys[9]);
   cases[2].n_keys[4] = 64;  // ends on a block boundary among counts of 121-129
@@ -247,17 +240,15 @@ TEST(MlaValuesAvx2, TilesEqualTokensAlone) {
     for (int form = 0; form < 3; ++form)
       for (bool exact_values : {false, true}) {
         const bool round = form > 0;
-        MlaAttentionArgs a = c.Args();
+        MlaAttentionArgs a = test::ValuesArgs(c, nullptr);
         if (form == 2) {
           a.cache.pool = nullptr;
           a.cache.pool_bf16 = bf16_rows.data();
         }
-        a.values = c.token_values.data();
-        a.v_dim = c.dv;
-        a.v_head_stride = c.K * c.dv;
         a.values_bf16_exact = exact_values;
+        a.keys_bf16_exact = exact_values && c.dk > 0;
         const std::string what = "case " + std::to_string(ci) + ", form " + std::to_string(form) +
-                                 (exact_values ? ", values as bf16" : "");
+                                 (exact_values ? ", values as bf16" : "") + (c.dk > 0 ? ", keys form" : "");
         std::vector<float> alone(c.T * c.H * c.dv, test::kSentinel);
         a.out = alone.data();
         for (int64_t t = 0; t < c.T; ++t) ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t, 1, round)) << what;
@@ -275,6 +266,33 @@ TEST(MlaValuesAvx2, TilesEqualTokensAlone) {
   MlaAttentionArgs a = cases[0].Args();
   EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, 0, true));
   EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, cpu::mla::avx2::kValuesTileTokens + 1, true));
+}
+
+std::vector<ValuesCase> TileCases(std::mt19937& rng) {
+  // Moved in, not copied: a case's token pointers point into its own vectors.
+  std::vector<ValuesCase> cases;
+  cases.push_back(MakeValuesCase(16, 512, 64, 128, 64, {70}, std::vector<int32_t>(13, 0), true, rng));
+  cases.push_back(MakeValuesCase(5, 48, 16, 40, 7, {0}, std::vector<int32_t>(20, 0), false, rng));
+  cases.push_back(MakeValuesCase(20, 64, 16, 24, 16, {120}, std::vector<int32_t>(9, 0), true, rng));
+  return cases;
+}
+
+TEST(MlaValuesAvx2, TilesEqualTokensAlone) {
+  if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(36);
+  std::vector<ValuesCase> cases = TileCases(rng);
+  ExpectTilesEqualTokensAlone(cases);
+}
+
+// The same for the keys form (mla_keys_avx2.cc): tiles of 1-3 vectors of tokens, register tiles of
+// 12, 6 or 4 keys and single keys at a block's end; k_dim 128, 40 and 7.
+TEST(MlaValuesAvx2, KeysFormTilesEqualTokensAlone) {
+  if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(37);
+  std::vector<ValuesCase> cases = TileCases(rng);
+  const int64_t dk[3] = {128, 40, 7};
+  for (size_t i = 0; i < cases.size(); ++i) test::AddKeysForm(cases[i], dk[i], rng);
+  ExpectTilesEqualTokensAlone(cases);
 }
 
 TEST(MlaValuesAmx, TokenWithoutKeysGivesZeros) {

@@ -4,9 +4,11 @@
 // without cached keys, paged caches, head counts and value widths that leave SIMD tails; the path
 // choice; and a session whose prefill takes the values path against token-by-token decode (latent).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -19,6 +21,7 @@
 #include "runtime/model/model.h"
 #include "tests/unit/mla_test_util.h"
 #include "tests/unit/numeric_test_util.h"
+#include "tests/unit/q8_test_util.h"
 #include "tests/unit/tiny_model.h"
 
 namespace moerun {
@@ -105,6 +108,26 @@ TEST(MlaValuesPath, MixedBatchWithCachedKeysMatchesLatentPath) {
   CheckValuesCase(MakeValuesCase(20, 96, 32, 64, 16, {0, 70, 3}, order, true, rng), "mixed, 20 heads");
 }
 
+// The keys form (MlaAttentionArgs::keys): q^N·K instead of the absorbed scores, the same model (the
+// case's absorbed queries are W_UKᵀ q^N), on both backends and every CPU variant; k_dim 128 (whole
+// 16-wide slices), 40 and 7.
+TEST(MlaValuesPath, KeysFormMatchesLatentPath) {
+  std::mt19937 rng(27);
+  std::vector<int32_t> order;
+  for (int i = 0; i < 10; ++i) order.insert(order.end(), {0, 1});
+  for (int i = 0; i < 30; ++i) order.push_back(1);
+  for (int i = 0; i < 5; ++i) order.push_back(2);
+  ValuesCase fresh = MakeValuesCase(16, 512, 64, 128, 64, {0}, std::vector<int32_t>(70, 0), false, rng);
+  test::AddKeysForm(fresh, 128, rng);
+  CheckValuesCase(fresh, "keys form, V2-Lite shapes");
+  ValuesCase mixed = MakeValuesCase(5, 48, 16, 40, 16, {0, 70, 3}, order, true, rng);
+  test::AddKeysForm(mixed, 40, rng);
+  CheckValuesCase(mixed, "keys form, mixed, small shapes");
+  ValuesCase odd = MakeValuesCase(20, 96, 32, 64, 16, {0, 130, 3}, order, true, rng);
+  test::AddKeysForm(odd, 7, rng);
+  CheckValuesCase(odd, "keys form, 20 heads, k_dim 7");
+}
+
 TEST(MlaValuesPath, LongCachedContext) {
   std::mt19937 rng(23);
   // 40 new tokens after 300 cached keys: the running maxima of the online softmax are rescaled
@@ -117,25 +140,27 @@ TEST(MlaValuesPath, LongCachedContext) {
 // the kernels skip that rounding, on every CPU variant and the reference.
 TEST(MlaValuesPath, Bf16ExactValuesGiveTheSameBits) {
   std::mt19937 rng(26);
-  ValuesCase c = MakeValuesCase(16, 512, 64, 128, 64, {70}, std::vector<int32_t>(20, 0), false, rng);
-  for (float& v : c.values) v = Bf16ToF32(F32ToBf16(v));
-  auto run = [&](const Backend& be, bool exact) {
-    std::vector<float> got(c.T * c.H * c.dv, kSentinel);
-    MlaAttentionArgs a = c.Args();
-    a.values = c.token_values.data();
-    a.v_dim = c.dv;
-    a.v_head_stride = c.K * c.dv;
-    a.values_bf16_exact = exact;
-    a.out = got.data();
-    be.MlaAttention(a);
-    return got;
-  };
-  for (const CpuVariant& v : CpuVariants()) {
-    const cpu::CpuBackend be(Precision::kBF16, v.features);
-    EXPECT_EQ(run(be, true), run(be, false)) << v.name;
+  for (const int64_t dk : {0, 128}) {  // the absorbed form, then the keys form (K as bf16 numbers too)
+    ValuesCase c = MakeValuesCase(16, 512, 64, 128, 64, {70}, std::vector<int32_t>(20, 0), false, rng);
+    if (dk > 0) test::AddKeysForm(c, dk, rng);
+    for (float& v : c.values) v = Bf16ToF32(F32ToBf16(v));
+    for (float& v : c.keys) v = Bf16ToF32(F32ToBf16(v));
+    auto run = [&](const Backend& be, bool exact) {
+      std::vector<float> got(c.T * c.H * c.dv, kSentinel);
+      MlaAttentionArgs a = test::ValuesArgs(c, got.data());
+      a.values_bf16_exact = exact;
+      a.keys_bf16_exact = exact && dk > 0;
+      be.MlaAttention(a);
+      return got;
+    };
+    const std::string form = dk > 0 ? "keys form, " : "";
+    for (const CpuVariant& v : CpuVariants()) {
+      const cpu::CpuBackend be(Precision::kBF16, v.features);
+      EXPECT_EQ(run(be, true), run(be, false)) << form << v.name;
+    }
+    const reference::ReferenceBackend ref(Precision::kBF16);
+    EXPECT_EQ(run(ref, true), run(ref, false)) << form << "reference";
   }
-  const reference::ReferenceBackend ref(Precision::kBF16);
-  EXPECT_EQ(run(ref, true), run(ref, false)) << "reference";
 }
 
 TEST(MlaValuesPath, TokenWithoutKeysGivesZeros) {
@@ -198,6 +223,73 @@ TEST(MlaValuesPath, PathChoice) {
   EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(26215, 128, 512, 128, kBudget), 0);
   EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(32768, 16, 512, 128, kBudget), 0);
   EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(100, 16, 512, 128, 0), 0);
+  // The keys form (k_dim 128): the same rule as the values path's for DeepSeek's k_dim = v_dim, and
+  // its scratch (values and keys, 256 floats per head and key) 14 heads at a time at 4096 keys.
+  for (const auto& [n, cached] : {std::pair<int64_t, int64_t>{1, 0}, {16, 0}, {512, 3584}, {64, 19}, {64, 20}}) {
+    const int64_t pairs = n * cached + n * (n + 1) / 2;
+    EXPECT_EQ(MlaAttentionArgs::PreferKeys(n, pairs, cached + n, 512, 128), prefer(n, cached))
+        << n << " after " << cached;
+  }
+  EXPECT_FALSE(MlaAttentionArgs::PreferKeys(512, 512 * 513 / 2, 512, 512, 0));  // no no-rope part
+  EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(4096, 16, 512, 256, kBudget), 14);
+}
+
+// Backend::ExpandKeys: the CPU backend's AVX2 kernel gives the default's bits (one chain of fused
+// multiply-adds per output over kv_rank in order) for int8 and f32 views of W_UKᵀ, keys that leave a
+// partial register tile, k_dim 128, 40 (a partial 16-wide slice) and 7 (none whole), on 1 and 2
+// threads, and both are within float rounding of the sums in double.
+TEST(MlaValuesPath, CpuExpandKeysGivesTheDefaultsBits) {
+  std::mt19937 rng(28);
+  const cpu::CpuBackend cpu(Precision::kBF16, cpu::CpuFeatures::Detect());
+  struct Shape {
+    int64_t H, R, dk, n;
+  };
+  for (const Shape& sh : {Shape{3, 512, 128, 13}, Shape{2, 48, 40, 7}, Shape{4, 64, 7, 20}})
+    for (bool int8 : {false, true}) {
+      std::vector<test::Q8Weight> q8;
+      std::vector<std::vector<float>> f32;
+      std::vector<WeightView> views;
+      for (int64_t h = 0; h < sh.H; ++h) {
+        if (int8) {
+          q8.push_back(test::RandomWeight(sh.R, sh.dk, rng));
+        } else {
+          f32.push_back(test::RandomVector(sh.R * sh.dk, rng, 0.1f));
+        }
+      }
+      for (int64_t h = 0; h < sh.H; ++h) {
+        WeightView w;
+        if (int8) {
+          w = q8[h].view();
+        } else {
+          w.data = f32[h].data();
+          w.rows = sh.R;
+          w.cols = sh.dk;
+        }
+        views.push_back(w);
+      }
+      const int64_t ldl = sh.R + 3, stride = sh.n * sh.dk + 5;
+      const std::vector<float> lat = test::RandomVector(sh.n * ldl, rng, 0.5f);
+      std::vector<float> want(sh.H * stride, kSentinel);
+      cpu.Backend::ExpandKeys(views.data(), sh.H, lat.data(), ldl, sh.n, want.data(), stride);
+      for (int threads : {1, 2}) {
+        omp_set_num_threads(threads);
+        std::vector<float> got(sh.H * stride, kSentinel);
+        cpu.ExpandKeys(views.data(), sh.H, lat.data(), ldl, sh.n, got.data(), stride);
+        const std::string what = "H " + std::to_string(sh.H) + ", k_dim " + std::to_string(sh.dk) +
+                                 (int8 ? ", int8" : ", f32") + ", " + std::to_string(threads) + " threads";
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << what;
+      }
+      for (int64_t h = 0; h < sh.H; ++h)
+        for (int64_t j = 0; j < sh.n; ++j) {
+          std::vector<double> exact(sh.dk, 0.0);
+          for (int64_t d = 0; d < sh.dk; ++d)
+            for (int64_t r = 0; r < sh.R; ++r) exact[d] += static_cast<double>(lat[j * ldl + r]) * views[h].At(r, d);
+          std::vector<float> e(exact.begin(), exact.end());
+          EXPECT_LT(RelL2(want.data() + h * stride + j * sh.dk, e.data(), sh.dk), 1e-5)
+              << "head " << h << ", key " << j;
+        }
+      for (int64_t h = 0; h < sh.H; ++h) EXPECT_EQ(want[h * stride + sh.n * sh.dk], kSentinel);  // gaps untouched
+    }
 }
 
 // Session level: a batch that takes the values path (a fresh sequence and a continued one, mixed)
