@@ -249,6 +249,12 @@ class Backend {
   // values path's key expansion, a Linear, sees the rounded rows).
   virtual bool Bf16LatentCache() const { return false; }
 
+  // True when the values path should take its keys form (MlaAttentionArgs::keys) on this backend
+  // where MlaAttentionArgs::PreferKeys says so: false where the absorbed form runs on much wider
+  // arithmetic than the keys form (the CPU backend's AMX-BF16 and AVX-512 tiles). MlaAttention takes
+  // either form whatever this says.
+  virtual bool MlaKeysForm() const { return true; }
+
  protected:
   // Runs run_expert(i) for every active expert i: concurrently, one expert per thread, when there are
   // at least two per thread (the kernels' own parallel regions then nest inactive: one fork/join per

@@ -150,7 +150,7 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
   const int64_t per_pass_values = MlaAttentionArgs::ValuesHeadsPerPass(K, H, R, dv, budget);
   const bool values = per_pass_values > 0 && MlaAttentionArgs::PreferValues(T, pairs, K, R, dv);
   const int64_t per_pass_keys = values ? MlaAttentionArgs::ValuesHeadsPerPass(K, H, R, dv + dn, budget) : 0;
-  const bool keys_form = per_pass_keys > 0 && MlaAttentionArgs::PreferKeys(T, pairs, K, R, dn);
+  const bool keys_form = per_pass_keys > 0 && be.MlaKeysForm() && MlaAttentionArgs::PreferKeys(T, pairs, K, R, dn);
   const int64_t per_pass = keys_form ? per_pass_keys : per_pass_values;
 
   // Queries: q_rope packed per head; the absorbed q_latent[t, h] = W_UK^hᵀ q^N[t, h], or in the keys

@@ -234,6 +234,20 @@ TEST(MlaValuesPath, PathChoice) {
   EXPECT_EQ(MlaAttentionArgs::ValuesHeadsPerPass(4096, 16, 512, 256, kBudget), 14);
 }
 
+// Where the CPU backend takes the keys form (Backend::MlaKeysForm): wherever the absorbed values path
+// would not run on wider tiles, i.e. not at f32 with AVX-512, nor at bf16 with AMX-BF16 (AVX-512 and
+// a CPU that has it); the reference backend always.
+TEST(MlaValuesPath, KeysFormWhereTheAbsorbedFormHasNoWiderTiles) {
+  cpu::CpuFeatures f = cpu::CpuFeatures::Detect();
+  f.avx512 = false;
+  EXPECT_TRUE(cpu::CpuBackend(Precision::kF32, f).MlaKeysForm());
+  EXPECT_TRUE(cpu::CpuBackend(Precision::kBF16, f).MlaKeysForm());
+  f.avx512 = true;
+  EXPECT_FALSE(cpu::CpuBackend(Precision::kF32, f).MlaKeysForm());
+  EXPECT_EQ(cpu::CpuBackend(Precision::kBF16, f).MlaKeysForm(), !cpu::q8::DetectSupport().amx_bf16);
+  EXPECT_TRUE(reference::ReferenceBackend(Precision::kBF16).MlaKeysForm());
+}
+
 // Backend::ExpandKeys: the CPU backend's AVX2 kernel gives the default's bits (one chain of fused
 // multiply-adds per output over kv_rank in order) for int8 and f32 views of W_UKᵀ, keys that leave a
 // partial register tile, k_dim 128, 40 (a partial 16-wide slice) and 7 (none whole), on 1 and 2
