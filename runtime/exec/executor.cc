@@ -29,8 +29,7 @@ enum ScratchSlot : size_t {
 // layer), so each feed-forward slot takes the buffer of an attention slot, paired so that large ones
 // share: the session holds the larger phase's scratch, not both. V2-Lite in 512-token chunks at 4096
 // tokens of context: kUp (22 MiB) on kKv, kGate (22) on kQLatent, kExpertOut (24) on kAttnOut (32),
-// kSharedGate and kSharedUp (6 each) on kPassLatent and kPassRope (used only when values pass in
-// head groups).
+// kSharedGate and kSharedUp (decode batches only, ~100 KiB) on kPassLatent and kPassRope.
 constexpr size_t kBufferOf[kNumScratchSlots] = {
     kQ, kCq, kKv, kQLatent, kQRope, kAttnOut, kHeads, kPassLatent, kPassRope, kPassOut, kExpandedKeys,
     /*kGate*/ kQLatent, /*kUp*/ kKv, /*kGathered*/ kQ, /*kExpertOut*/ kAttnOut, /*kRouterLogits*/ kQRope,
@@ -318,10 +317,17 @@ void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* 
     return expert_offset_[a + 1] - expert_offset_[a] > expert_offset_[b + 1] - expert_offset_[b];
   });
 
-  // The shared experts write y (in the same call as the routed experts, which may stream their
-  // weights together); without them it starts at zero.
+  // The shared experts write y; without them it starts at zero. At decode sizes (up to
+  // kSharedWithRoutedMaxSlots slots, the CPU backend's jobs path) they go in the routed experts' call,
+  // which may stream their weights together; larger batches run them first on their own, in the
+  // buffers the routed experts then use (their own scratch would add 2·T·I floats, 92 MiB for a
+  // 4096-token V2-Lite batch). The same numbers either way.
+  constexpr int64_t kSharedWithRoutedMaxSlots = 64;
+  const bool shared_with_routed = w.has_shared && T * K <= kSharedWithRoutedMaxSlots;
   SharedMlpArgs shared;
-  if (w.has_shared) {
+  if (w.has_shared && !shared_with_routed) {
+    RunMlp(w.shared, x, y, T);
+  } else if (w.has_shared) {
     shared.gate = w.shared.gate;
     shared.up = w.shared.up;
     shared.down = w.shared.down;
@@ -358,7 +364,7 @@ void Session::RunMoe(const MoeWeights& w, int32_t layer, const float* x, float* 
   a.g = Scratch(kGate, S * I);
   a.u = Scratch(kUp, S * I);
   a.y = Scratch(kExpertOut, S * D);
-  a.shared = w.has_shared ? &shared : nullptr;
+  a.shared = shared_with_routed ? &shared : nullptr;
   be.MoeExperts(a);
   const float* ys = a.y;
   // y[t] += Σ_k weight[t, k] · expert output, in k order.
