@@ -349,8 +349,9 @@ void CpuBackend::MoeExperts(const MoeExpertsArgs& a) const {
 // One expert per thread instead leaves a thread idle while the other finishes its last expert, and
 // a matrix per region pays a fork and join for each. The shared experts' gate and up join the first
 // set (on every token's row of `all`), their down projection the second: a decode step of the 8-layer
-// V2-Lite file enters 64 parallel regions instead of 78. The same numbers: the kernels and the per-row quantisation of the
-// down projections' inputs are those of the per-expert path and of RunSharedMlp.
+// V2-Lite file enters 64 parallel regions instead of 78. The same numbers: the kernels and the
+// per-row quantisation of the down projections' inputs are those of the per-expert path and of
+// RunSharedMlp.
 void CpuBackend::MoeExpertsAsJobs(const MoeExpertsArgs& a, const q8::ActivationBuffers& all,
                                   int64_t slots_end) const {
   const int64_t D = a.D, I = a.I, G = q8::Groups(D), stride = q8::XqStride(D);

@@ -133,10 +133,6 @@ MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int6
     float* out = sh + h * nb * kKeyLanes;
     for (int64_t j0 = 0; j0 < nb;) {
       const int64_t n = nb - j0 >= tile ? tile : 1;
-      // The next tile's rows of K (the next head's first ones after the last tile) while this one
-      // runs: a prompt's K outgrows L2, and the tile reads its rows a column at a time.
-      const char* next = reinterpret_cast<const char*>(j0 + n < nb ? kh + (j0 + n) * dk : kh + a.k_head_stride);
-      for (int64_t b = 0; b < tile * dk * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
       (n == tile ? wide : one)(q, kh + j0 * dk, dk, kr + j0 * dr, dr, out + j0 * kKeyLanes);
       j0 += n;
     }
@@ -150,10 +146,12 @@ MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int6
         __m256 r[8];
         for (int i = 0; i < 8; ++i) {
           const int64_t h = g * 8 + i;
-          r[i] = h < H ? _mm256_mul_ps(scale, _mm256_loadu_ps(sh + (h * nb + j) * kKeyLanes + 8 * v)) : _mm256_setzero_ps();
+          const float* src = sh + (h * nb + j) * kKeyLanes + 8 * v;
+          r[i] = h < H ? _mm256_mul_ps(scale, _mm256_loadu_ps(src)) : _mm256_setzero_ps();
         }
         Transpose8x8(r);  // r[k] = token 8v + k's scores of heads 8g .. 8g + 7
-        for (int64_t k = 0; k < 8 && 8 * v + k < nt; ++k) _mm256_storeu_ps(st + j * ldj + (8 * v + k) * ldst + g * 8, r[k]);
+        for (int64_t k = 0; k < 8 && 8 * v + k < nt; ++k)
+          _mm256_storeu_ps(st + j * ldj + (8 * v + k) * ldst + g * 8, r[k]);
       }
 }
 
