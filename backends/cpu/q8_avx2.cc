@@ -13,11 +13,16 @@
 // group step is the scalar kernel's, fma(float(isum), sw·xs, acc) in group order, so every output is
 // bit-identical to LinearInt8Scalar.
 //
-// Decode (one activation row): one panel at a time and no software prefetch: on the AMD EPYC host
-// one stream per thread read at 28 GB/s against the read probe's 30, two interleaved panels (the
-// previous tile) at 19 and a kernel widening the bytes to 16 bits at 26, and every prefetch distance
-// tried (512 B to 16 KiB, L1, L2 or NTA) lowered it (medians of 11 runs over 512 MiB of panels, one
-// thread).
+// Decode (one activation row): one panel at a time, each quad prefetching the line kDecodePrefetch
+// bytes ahead into L1 (past a panel's end that is the next panel, which the same thread reads next
+// in a claimed run; prefetches do not fault). On the AMD EPYC host (Zen 3, 2 cores), in-process
+// A/Bs of whole decode steps against the kernel without it (moerun_decode_ab, V2-Lite 8 layers
+// int8, 200-300 interleaved steps, medians of the per-pair time ratios) while its memory ran in the
+// slower mode (read probe ~35 GB/s): 2 KiB ahead took 0.85 of the time at 1 thread and 0.87 at 2;
+// 512 B and 1 KiB 0.89-0.92 at 2, 4 KiB 0.96. An earlier microbenchmark (one stream over 512 MiB of
+// panels, one thread) had found every distance slower, and in the faster mode (~55 GB/s) a 1-8 KiB
+// prefetch was no better. Two interleaved panels (an earlier tile) read at 19 GB/s against one
+// panel's 28, and a kernel widening the bytes to 16 bits at 26.
 //
 // Several rows (prefill, batched decode): four rows × one panel share each quad's q and |q|, 8
 // accumulators. The previous tile (bytes widened to 16 bits for vpmaddwd, two rows) ran at 54-87
@@ -37,6 +42,8 @@ namespace moerun::cpu::q8::avx2 {
 namespace {
 
 constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
+// How far ahead of its quad the decode kernel prefetches (see the top).
+constexpr int64_t kDecodePrefetch = 2048;
 // Rows below this many activation bytes are quantised on the calling thread.
 constexpr int64_t kMinParallelBytes = int64_t{1} << 16;
 using Args = Int8Args;
@@ -117,6 +124,7 @@ MOERUN_AVX2 void DecodeTile(const Args& a, int64_t p) {
       __builtin_memcpy(&x4, a.xq + 4 * j, 4);
       const __m256i xb = _mm256_set1_epi32(x4);
       const uint8_t* q = panel + j * kQuadBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(q) + kDecodePrefetch, _MM_HINT_T0);
       const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), flip);
       const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)), flip);
       acc0 = _mm256_add_epi32(
