@@ -265,6 +265,7 @@ class Bench {
           ok = Decode(s, ids.data(), kDecodePrompt, sid.data());
         }
         std::vector<int32_t> toks(static_cast<size_t>(B), ids[kDecodePrompt]);
+        const std::vector<uint8_t> all_logits(static_cast<size_t>(B), 1);
         for (int b = 0; b < B; ++b) seq[b] = b;
         double step_bytes = 0.0;  // weight bytes the steps read, from the experts they ran
         double elapsed = 0.0;
@@ -273,7 +274,7 @@ class Bench {
           for (int b = 0; b < B; ++b) toks[b] = ids[static_cast<size_t>(kDecodePrompt + 1 + g + 3 * b) % ids.size()];
           ok = ExpertCounts(s, &counts_before_);
           const double d0 = Now();
-          ok = ok && Decode(s, toks.data(), static_cast<uint32_t>(B), seq.data());
+          ok = ok && Decode(s, toks.data(), static_cast<uint32_t>(B), seq.data(), all_logits.data());
           elapsed += Now() - d0;
           ok = ok && ExpertCounts(s, &counts_after_);
           step_bytes += StepBytes(work, counts_before_, counts_after_);
@@ -444,12 +445,16 @@ class Bench {
   // Each sequence of the decode runs starts from this many prompt tokens.
   static constexpr uint32_t kDecodePrompt = 8;
 
-  static bool Decode(moerun_session* s, const int32_t* toks, uint32_t n, const int32_t* seq_ids) {
+  // logits: one flag per token (a batched decode step wants every sequence's next token), or null
+  // for the last token's only (a prompt).
+  static bool Decode(moerun_session* s, const int32_t* toks, uint32_t n, const int32_t* seq_ids,
+                     const uint8_t* logits = nullptr) {
     moerun_batch b;
     moerun_batch_init(&b);
     b.n_tokens = n;
     b.tokens = toks;
     b.seq_ids = seq_ids;
+    b.logits = logits;
     return moerun_session_decode(s, &b) == MOERUN_OK;
   }
 

@@ -9,10 +9,12 @@
 // copy of itself gave 0.999 [0.959, 1.046] over 200 steps there, so ~2% differences show.
 //
 //   moerun_decode_ab LIB_A LIB_B MODEL [--threads N] [--steps N] [--warmup N] [--context N]
-//                    [--prefill N]
+//                    [--prefill N | --batch N]
 //
 // --prefill N: each step is instead a prompt of N tokens into an emptied sequence (fed in batches of
 // the session's max_batch_tokens), timed whole: the same A/B for prefill work.
+// --batch N: each decode step is one token for each of N sequences (each started from --context
+// tokens), with logits for all N, as a server's batched decode step.
 //
 // LIB_A and LIB_B must be two files (copy one build's libmoerun.so aside): dlopen hands back the
 // library already loaded for the same file.
@@ -33,7 +35,7 @@ namespace {
 struct Options {
   const char* lib[2] = {nullptr, nullptr};
   const char* model = nullptr;
-  int threads = 0, steps = 200, warmup = 64, context = 8, prefill = 0;
+  int threads = 0, steps = 200, warmup = 64, context = 8, prefill = 0, batch = 1;
 };
 
 // One build: its entry points, model and session.
@@ -80,7 +82,7 @@ class Build {
   moerun_model* model_ = nullptr;
   moerun_session* session_ = nullptr;
   uint32_t vocab_ = 1, capacity_ = 0, length_ = 0, next_ = 0, max_batch_ = 1;
-  int context_ = 8, prefill_ = 0;
+  int context_ = 8, prefill_ = 0, batch_ = 1;
 };
 
 bool Build::Check(moerun_status s, const char* what) {
@@ -93,6 +95,7 @@ bool Build::Open(const char* path, const Options& o) {
   path_ = path;
   context_ = o.context;
   prefill_ = o.prefill;
+  batch_ = o.batch;
   // A file argument: without a slash dlopen would search the library path instead.
   const std::string file = path_.find('/') == std::string::npos ? "./" + path_ : path_;
   handle_ = dlopen(file.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -119,8 +122,9 @@ bool Build::Open(const char* path, const Options& o) {
   moerun_session_options so;
   session_options_init_(&so);
   so.n_threads = o.threads;
-  so.kv_capacity = static_cast<uint32_t>(std::max({1024, 2 * o.context, o.prefill}));
-  capacity_ = so.kv_capacity;
+  so.kv_capacity = static_cast<uint32_t>(std::max({1024, 2 * o.context, o.prefill}) * o.batch);
+  so.max_sequences = static_cast<uint32_t>(o.batch);
+  capacity_ = so.kv_capacity / static_cast<uint32_t>(o.batch);  // per sequence
   max_batch_ = std::max<uint32_t>(so.max_batch_tokens, 1);
   if (!Check(session_create_(model_, &so, &session_), "creating a session")) return false;
   return Prefill(context_);
@@ -128,15 +132,19 @@ bool Build::Open(const char* path, const Options& o) {
 
 bool Build::Prefill(int n) {
   if (!Check(clear_(session_), "moerun_session_clear")) return false;
-  std::vector<int32_t> prompt(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) prompt[i] = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
-  // In batches of at most the session's max_batch_tokens.
-  for (uint32_t done = 0; done < prompt.size(); done += max_batch_) {
-    moerun_batch b;
-    batch_init_(&b);
-    b.n_tokens = std::min<uint32_t>(max_batch_, static_cast<uint32_t>(prompt.size()) - done);
-    b.tokens = prompt.data() + done;
-    if (!Check(decode_(session_, &b), "the prompt's decode")) return false;
+  // Every sequence (one unless --batch) gets its own prompt of n tokens.
+  for (int s = 0; s < (prefill_ > 0 ? 1 : batch_); ++s) {
+    std::vector<int32_t> prompt(static_cast<size_t>(n)), seq(static_cast<size_t>(n), s);
+    for (int i = 0; i < n; ++i) prompt[i] = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
+    // In batches of at most the session's max_batch_tokens.
+    for (uint32_t done = 0; done < prompt.size(); done += max_batch_) {
+      moerun_batch b;
+      batch_init_(&b);
+      b.n_tokens = std::min<uint32_t>(max_batch_, static_cast<uint32_t>(prompt.size()) - done);
+      b.tokens = prompt.data() + done;
+      b.seq_ids = seq.data() + done;
+      if (!Check(decode_(session_, &b), "the prompt's decode")) return false;
+    }
   }
   length_ = static_cast<uint32_t>(n);
   return true;
@@ -149,11 +157,19 @@ double Build::Step() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   if (length_ >= capacity_ && !Prefill(context_)) return -1.0;
-  const int32_t token = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
+  const size_t B = static_cast<size_t>(batch_);
+  std::vector<int32_t> tokens(B), seq(B);
+  const std::vector<uint8_t> logits(B, 1);
+  for (size_t s = 0; s < B; ++s) {
+    tokens[s] = static_cast<int32_t>((next_++ * 7919u + 1) % vocab_);
+    seq[s] = static_cast<int32_t>(s);
+  }
   moerun_batch b;
   batch_init_(&b);
-  b.n_tokens = 1;
-  b.tokens = &token;
+  b.n_tokens = static_cast<uint32_t>(B);
+  b.tokens = tokens.data();
+  b.seq_ids = seq.data();
+  b.logits = logits.data();
   const auto t0 = std::chrono::steady_clock::now();
   const moerun_status s = decode_(session_, &b);
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -176,7 +192,7 @@ bool ParseInt(const char* s, int lo, int* out) {
 
 int Usage(const char* why) {
   std::fprintf(stderr, "moerun_decode_ab: %s\nusage: moerun_decode_ab LIB_A LIB_B MODEL [--threads N] [--steps N] "
-               "[--warmup N] [--context N] [--prefill N]\n", why);
+               "[--warmup N] [--context N] [--prefill N | --batch N]\n", why);
   return 2;
 }
 
@@ -188,7 +204,9 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     int* target = a == "--threads" ? &o.threads : a == "--steps" ? &o.steps : a == "--warmup" ? &o.warmup
-                  : a == "--context" ? &o.context : a == "--prefill" ? &o.prefill : nullptr;
+                  : a == "--context" ? &o.context : a == "--prefill" ? &o.prefill
+                  : a == "--batch"   ? &o.batch
+                                     : nullptr;
     if (target) {
       const int lo = target == &o.threads || target == &o.warmup ? 0 : 1;
       if (i + 1 >= argc || !ParseInt(argv[i + 1], lo, target)) return Usage((a + " takes a whole number").c_str());
@@ -203,6 +221,8 @@ int main(int argc, char** argv) {
     }
   }
   if (positional < 3) return Usage("needs LIB_A, LIB_B and MODEL");
+  if (o.prefill > 0 && o.batch > 1) return Usage("--prefill and --batch exclude each other");
+  if (o.batch > 1024) return Usage("--batch is at most 1024");
   struct stat sa, sb;
   if (stat(o.lib[0], &sa) == 0 && stat(o.lib[1], &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
     return Usage("LIB_A and LIB_B are the same file; copy one aside (dlopen would share one library)");
@@ -234,7 +254,9 @@ int main(int argc, char** argv) {
     ratio.push_back(dt[1] / dt[0]);
   }
   const std::string threads = o.threads > 0 ? std::to_string(o.threads) + " threads" : "default threads";
-  const std::string what = o.prefill > 0 ? "prompts of " + std::to_string(o.prefill) : "steps";
+  const std::string what = o.prefill > 0 ? "prompts of " + std::to_string(o.prefill)
+                           : o.batch > 1  ? "steps of " + std::to_string(o.batch) + " tokens"
+                                          : "steps";
   std::printf("%d %s each, %s: A %.3f ms [%.3f, %.3f], B %.3f ms [%.3f, %.3f]; B/A %.4f [p25 %.4f, p75 %.4f]\n",
               o.steps, what.c_str(), threads.c_str(), 1e3 * Quantile(t[0], 0.5), 1e3 * Quantile(t[0], 0.25),
               1e3 * Quantile(t[0], 0.75), 1e3 * Quantile(t[1], 0.5), 1e3 * Quantile(t[1], 0.25),
