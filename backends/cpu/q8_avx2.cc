@@ -18,7 +18,7 @@
 // in a claimed run; prefetches do not fault). On the AMD EPYC host (Zen 3, 2 cores), in-process
 // A/Bs of whole decode steps against the kernel without it (moerun_decode_ab, V2-Lite 8 layers
 // int8, 200-300 interleaved steps, medians of the per-pair time ratios) while its memory ran in the
-// slower mode (read probe ~35 GB/s): 2 KiB ahead took 0.85 of the time at 1 thread and 0.87 at 2;
+// slower mode (read probe ~35 GB/s): 2 KiB ahead took 0.85 of the time at 1 thread and 0.87-0.89 at 2;
 // 512 B and 1 KiB 0.89-0.92 at 2, 4 KiB 0.96. An earlier microbenchmark (one stream over 512 MiB of
 // panels, one thread) had found every distance slower, and in the faster mode (~55 GB/s) a 1-8 KiB
 // prefetch was no better. Two interleaved panels (an earlier tile) read at 19 GB/s against one

@@ -125,6 +125,7 @@ bool Build::Open(const char* path, const Options& o) {
   so.kv_capacity = static_cast<uint32_t>(std::max({1024, 2 * o.context, o.prefill}) * o.batch);
   so.max_sequences = static_cast<uint32_t>(o.batch);
   capacity_ = so.kv_capacity / static_cast<uint32_t>(o.batch);  // per sequence
+  so.max_batch_tokens = std::max(so.max_batch_tokens, static_cast<uint32_t>(o.batch));  // a step's N tokens
   max_batch_ = std::max<uint32_t>(so.max_batch_tokens, 1);
   if (!Check(session_create_(model_, &so, &session_), "creating a session")) return false;
   return Prefill(context_);
