@@ -208,4 +208,33 @@ TEST(Cli, DecodeAbComparesTwoLibraries) {
   EXPECT_EQ(r.code, 2) << r.out;
 }
 
+// The developer's instruction-rate probe (tools/dev/pipe_rates.cc): one line per kind, each a
+// plausible count of counter cycles (a vector instruction takes more than 0.05 of a counter cycle
+// and, alone on a core, less than 20), and a clear error for a bad option.
+TEST(Cli, PipeRatesReportsEveryKind) {
+  Result r = RunProgram(MOERUN_PIPE_RATES, "--reps 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("median [min, max] of 1 runs"), std::string::npos) << r.out;
+  for (const char* kind : {"  vfmadd231ps", "  vpmaddubsw", "  vpmaddwd (", "  vpmaddwd + vpaddd", "  vpaddd "}) {
+    const size_t at = r.out.find(kind);
+    ASSERT_NE(at, std::string::npos) << kind << ": " << r.out;
+    const size_t line_end = r.out.find('\n', at);
+    const std::string line = r.out.substr(at, line_end - at);
+    const size_t bracket = line.rfind('[');
+    ASSERT_NE(bracket, std::string::npos) << line;
+    size_t p = bracket;
+    while (p > 0 && line[p - 1] == ' ') --p;
+    const size_t start = line.rfind(' ', p - 1) + 1;
+    const double median = std::stod(line.substr(start, p - start));
+    EXPECT_GT(median, 0.05) << line;
+    EXPECT_LT(median, 20.0) << line;
+  }
+  r = RunProgram(MOERUN_PIPE_RATES, "--reps 0");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--reps needs a number from 1 to 1000"), std::string::npos) << r.out;
+  r = RunProgram(MOERUN_PIPE_RATES, "--fast");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("unknown or incomplete option"), std::string::npos) << r.out;
+}
+
 }  // namespace
