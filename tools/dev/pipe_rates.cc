@@ -78,8 +78,10 @@ int main(int argc, char** argv) {
     reps = static_cast<int>(v);
   }
   __builtin_cpu_init();
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
-    return Usage("this CPU lacks AVX2 or FMA, which every loop here uses");
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+    std::fprintf(stderr, "moerun_pipe_rates: this CPU lacks AVX2 or FMA, which every loop here uses\n");
+    return 1;
+  }
   constexpr int64_t kIterations = 20'000'000;
   std::printf("counter cycles per instruction, median [min, max] of %d runs of %lld x 12:\n", reps,
               static_cast<long long>(kIterations));
