@@ -14,15 +14,23 @@
 // bit-identical to LinearInt8Scalar.
 //
 // Decode (one activation row): one panel at a time, each quad prefetching the line kDecodePrefetch
-// bytes ahead into L1 (past a panel's end that is the next panel, which the same thread reads next
-// in a claimed run; prefetches do not fault). On the AMD EPYC host (Zen 3, 2 cores), in-process
-// A/Bs of whole decode steps against the kernel without it (moerun_decode_ab, V2-Lite 8 layers
-// int8, 200-300 interleaved steps, medians of the per-pair time ratios) while its memory ran in the
-// slower mode (read probe ~35 GB/s): 2 KiB ahead took 0.85 of the time at 1 thread and 0.87-0.89 at 2;
-// 512 B and 1 KiB 0.89-0.92 at 2, 4 KiB 0.96. An earlier microbenchmark (one stream over 512 MiB of
-// panels, one thread) had found every distance slower, and in the faster mode (~55 GB/s) a 1-8 KiB
-// prefetch was no better. Two interleaved panels (an earlier tile) read at 19 GB/s against one
-// panel's 28, and a kernel widening the bytes to 16 bits at 26.
+// bytes ahead into L2 (T1; past a panel's end that is the next panel, which the same thread reads
+// next in a claimed run; prefetches do not fault). On the AMD EPYC host (Zen 3, 2 cores), in-process
+// A/Bs of whole decode steps (moerun_decode_ab, V2-Lite 8 layers int8, 150-300 interleaved steps,
+// medians of the per-pair time ratios):
+// - into L1 (T0), against no prefetch, while its memory ran in the slower mode (read probe ~35 GB/s):
+//   2 KiB ahead took 0.85 of the time at 1 thread and 0.87-0.89 at 2; 512 B and 1 KiB 0.89-0.92 at 2,
+//   4 KiB 0.96;
+// - into L2 (T1) 4 KiB ahead, against T0 2 KiB ahead: 0.93-0.94 at 1 thread, 0.94-0.96 at 2 (and at
+//   4096 tokens of context 0.95; batches of 4 and 8 tokens 0.97-0.98; 512-token prompts 1.00). 8 and
+//   16 KiB ahead were within noise of 4; T0 512 B ahead on top of it took 1.02-1.04 of its time, and
+//   T0 2 KiB plus T1 6 KiB 1.06-1.10 of T0 alone; T1 on every other line only, ~1.8x. A prefetch into
+//   L1 holds one of the core's few L1 miss buffers for a whole memory latency, which appears to be
+//   what capped a thread's stream; one into L2 frees it.
+// An earlier microbenchmark (one stream over 512 MiB of panels, one thread) had found every T0
+// distance slower, and in the faster memory mode (~55 GB/s) a 1-8 KiB T0 prefetch was no better. Two
+// interleaved panels (an earlier tile) read at 19 GB/s against one panel's 28, and a kernel widening
+// the bytes to 16 bits at 26.
 //
 // Several rows (prefill, batched decode): four rows × one panel share each quad's q and |q|, 8
 // accumulators. The previous tile (bytes widened to 16 bits for vpmaddwd, two rows) ran at 54-87
@@ -43,7 +51,7 @@ namespace {
 
 constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
 // How far ahead of its quad the decode kernel prefetches (see the top).
-constexpr int64_t kDecodePrefetch = 2048;
+constexpr int64_t kDecodePrefetch = 4096;
 // Rows below this many activation bytes are quantised on the calling thread.
 constexpr int64_t kMinParallelBytes = int64_t{1} << 16;
 using Args = Int8Args;
@@ -56,9 +64,9 @@ using Args = Int8Args;
 // broadcast): inlined into the tile, with the tile's f32 accumulators live across it, GCC spilled an
 // accumulator to the stack on every iteration and the (previous) kernel ran 25-35% slower.
 // kPrefetch: as the decode kernel, for the first rows of each panel, which read it from memory (the
-// later rows find it in cache). Against the same build without it (moerun_decode_ab, 2 threads): a
-// batched decode step of 4 tokens took 0.95 of the time, of 8 tokens 0.93; 512-token prompts 0.94
-// at 1 thread, 0.98-1.04 at 2 (within that A/B's noise).
+// later rows find it in cache). Against the same build without it (moerun_decode_ab, 2 threads; T0
+// 2 KiB ahead then): a batched decode step of 4 tokens took 0.95 of the time, of 8 tokens 0.93;
+// 512-token prompts 0.94 at 1 thread, 0.98-1.04 at 2 (within that A/B's noise).
 template <int MR, bool kPrefetch>
 MOERUN_AVX2 __attribute__((noinline)) void GroupSums(const uint8_t* panel, const int8_t* xq, int64_t xstride,
                                                      int64_t j0, int64_t j1, __m256i* sums) {
@@ -68,7 +76,7 @@ MOERUN_AVX2 __attribute__((noinline)) void GroupSums(const uint8_t* panel, const
   for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* q = panel + j * kQuadBytes;
-    if constexpr (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(q) + kDecodePrefetch, _MM_HINT_T0);
+    if constexpr (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(q) + kDecodePrefetch, _MM_HINT_T1);
     const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), flip);
     const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)), flip);
     const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
@@ -95,7 +103,13 @@ template <int MR>
 MOERUN_AVX2 void Tile(const Args& a, int64_t m0, int64_t p) {
   const uint8_t* panel = a.data + p * a.panel_bytes;
   const int64_t G = a.G;
-  alignas(32) float out[MR][kPanelRows] = {};
+  // Zeroed with vector stores: `= {}` compiled to a `rep stosq`, whose start-up took ~24% of this
+  // function's own samples in a 512-token prompt (perf, 2 threads).
+  alignas(32) float out[MR][kPanelRows];
+  for (int m = 0; m < MR; ++m) {
+    _mm256_store_ps(out[m], _mm256_setzero_ps());
+    _mm256_store_ps(out[m] + 8, _mm256_setzero_ps());
+  }
   for (int64_t g = 0; g < G; ++g) {
     const int64_t j0 = g * kQuadsPerGroup, j1 = j0 + kQuadsPerGroup < a.quads ? j0 + kQuadsPerGroup : a.quads;
     __m256i sums[2 * MR];
@@ -130,7 +144,7 @@ MOERUN_AVX2 void DecodeTile(const Args& a, int64_t p) {
       __builtin_memcpy(&x4, a.xq + 4 * j, 4);
       const __m256i xb = _mm256_set1_epi32(x4);
       const uint8_t* q = panel + j * kQuadBytes;
-      _mm_prefetch(reinterpret_cast<const char*>(q) + kDecodePrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q) + kDecodePrefetch, _MM_HINT_T1);
       const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), flip);
       const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)), flip);
       acc0 = _mm256_add_epi32(
