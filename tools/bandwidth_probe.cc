@@ -57,37 +57,45 @@ uint64_t SumScalar(const uint8_t* p, size_t bytes) {
 
 }  // namespace
 
-double ReadBandwidth(int threads, size_t bytes, double* median_pass) {
+ReadProbe::ReadProbe(int threads, size_t bytes) : threads_(std::max(threads, 1)) {
   // 2 MiB pages, as the model's weights get (runtime/format/model_file.cc): through 4 KiB pages the
   // same reads ran ~20% slower on the AMD EPYC host, which would understate the floor.
   constexpr size_t kHuge = size_t{2} << 20;
   bytes = (bytes + kHuge - 1) / kHuge * kHuge;
-  uint8_t* buf = static_cast<uint8_t*>(std::aligned_alloc(kHuge, bytes));
-  if (!buf) {
+  buf_ = static_cast<uint8_t*>(std::aligned_alloc(kHuge, bytes));
+  if (!buf_) return;
+#if defined(MADV_HUGEPAGE)
+  (void)madvise(buf_, bytes, MADV_HUGEPAGE);  // before the first touch below
+#endif
+  slice_ = bytes / threads_ / 4096 * 4096;
+#pragma omp parallel num_threads(threads_)
+  std::memset(buf_ + omp_get_thread_num() * slice_, 1, slice_);  // first touch by the reading thread
+}
+
+ReadProbe::~ReadProbe() { std::free(buf_); }
+
+double ReadProbe::Pass() {
+  if (!buf_) return 0.0;
+  static uint64_t (*const sum)(const uint8_t*, size_t) = __builtin_cpu_supports("avx512f") ? SumAvx512
+                                                         : __builtin_cpu_supports("avx2")  ? SumAvx2
+                                                                                            : SumScalar;
+  uint64_t total = 0;
+  const double t0 = Now();
+#pragma omp parallel num_threads(threads_) reduction(+ : total)
+  total += sum(buf_ + omp_get_thread_num() * slice_, slice_);
+  const double dt = Now() - t0;
+  sink_ += total;  // kept, so that the sums are not optimised away
+  return static_cast<double>(slice_) * threads_ / dt;
+}
+
+double ReadBandwidth(int threads, size_t bytes, double* median_pass) {
+  ReadProbe probe(threads, bytes);
+  if (!probe.ok()) {
     if (median_pass) *median_pass = 0.0;
     return 0.0;
   }
-#if defined(MADV_HUGEPAGE)
-  (void)madvise(buf, bytes, MADV_HUGEPAGE);  // before the first touch below
-#endif
-  uint64_t (*sum)(const uint8_t*, size_t) = __builtin_cpu_supports("avx512f") ? SumAvx512
-                                            : __builtin_cpu_supports("avx2")  ? SumAvx2
-                                                                               : SumScalar;
-  const size_t slice = bytes / threads / 4096 * 4096;
-#pragma omp parallel num_threads(threads)
-  std::memset(buf + omp_get_thread_num() * slice, 1, slice);  // first touch by the reading thread
   double rates[kReadPasses];
-  volatile uint64_t sink = 0;
-  for (int pass = 0; pass < kReadPasses; ++pass) {
-    uint64_t total = 0;
-    const double t0 = Now();
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    total += sum(buf + omp_get_thread_num() * slice, slice);
-    const double dt = Now() - t0;
-    sink = sink + total;
-    rates[pass] = static_cast<double>(slice) * threads / dt;
-  }
-  std::free(buf);
+  for (double& r : rates) r = probe.Pass();
   std::sort(rates, rates + kReadPasses);
   if (median_pass) *median_pass = rates[kReadPasses / 2];
   return rates[kReadPasses - 1];

@@ -49,6 +49,20 @@ std::string Json(const Stat& s) {
   return buf;
 }
 
+// A figure that was not measured (no runs gave one) is null.
+std::string JsonOrNull(const Stat& s) { return s.median > 0 ? Json(s) : "null"; }
+
+// The line under a decode figure for its steps between read passes (Bench::Interleaved), if any.
+std::string InterleavedText(const Stat& s) {
+  if (!(s.median > 0)) return "";
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                "    each step between two read passes: %.1f%% [%.1f, %.1f] of the faster of the two (median over "
+                "the steps of a run; medians of the runs)\n",
+                100.0 * s.median, 100.0 * s.min, 100.0 * s.max);
+  return buf;
+}
+
 // What one decode token touches at batch 1: every main-graph weight except the embedding table (one
 // row) and the routed experts (num_experts_per_tok of them per MoE layer). Parameters count toward the
 // matmul FLOPs; the embedding row does not. A prefill runs the LM head on its last row only (the
@@ -229,6 +243,7 @@ class Bench {
     std::vector<std::vector<double>> decode_bytes(o_.batches.size());  // weight bytes per step, per repeat
     // Weight bytes per second over the faster of the read probes taken right before and after.
     std::vector<std::vector<double>> decode_adjacent(o_.batches.size());
+    std::vector<double> decode_interleaved;  // batch 1, per repeat (Interleaved)
     for (int64_t r = 0; r < o_.repeat; ++r) {
       const int max_batch = *std::max_element(o_.batches.begin(), o_.batches.end());
       // Room for the prefill, or for every sequence's short decode prompt and its generated tokens.
@@ -287,18 +302,36 @@ class Bench {
           decode_adjacent[bi].push_back(step_bytes / elapsed / std::max(bw_before, bw_after));
         bw_before = bw_after;
       }
+      // Batch 1 again, each step between two read passes (Interleaved).
+      if (ok && std::find(o_.batches.begin(), o_.batches.end(), 1) != o_.batches.end()) {
+        moerun_session_clear(s);
+        std::vector<int32_t> sid(kDecodePrompt, 0);
+        ok = Decode(s, ids.data(), kDecodePrompt, sid.data());
+        const double f = Interleaved(threads, o_.gen, &ok, [&](int64_t g, double* seconds, double* bytes) {
+          const int32_t tok = ids[static_cast<size_t>(kDecodePrompt + 1 + g) % ids.size()];
+          bool step_ok = ExpertCounts(s, &counts_before_);
+          const double d0 = Now();
+          step_ok = step_ok && Decode(s, &tok, 1, nullptr);
+          *seconds = Now() - d0;
+          step_ok = step_ok && ExpertCounts(s, &counts_after_);
+          *bytes = StepBytes(work, counts_before_, counts_after_);
+          return step_ok;
+        });
+        if (f > 0) decode_interleaved.push_back(f);
+      }
       moerun_session_destroy(s);
       if (!ok) return Fail(err, "decode");
     }
 
     // A long prompt and decode after it, per repeat: --context tokens in chunks of kContextChunk (as
     // moerun_generate feeds a prompt), timed as a whole, then --gen tokens decoded one at a time.
-    std::vector<double> ctx_tps, ctx_fill_tps, ctx_adjacent;
+    std::vector<double> ctx_tps, ctx_fill_tps, ctx_adjacent, ctx_interleaved;
     // What a decode step at --context reads: the active weights and the whole KV cache.
     const double ctx_bytes =
         static_cast<double>(work.weight_bytes) + static_cast<double>(kv_bytes_per_token_) * o_.context;
     if (o_.context > 0) {
-      moerun_session* s = NewSession(threads, static_cast<uint32_t>(o_.context + o_.gen + 1), 1);
+      // Room for the timed steps and as many again between read passes (Interleaved).
+      moerun_session* s = NewSession(threads, static_cast<uint32_t>(o_.context + 2 * o_.gen + 1), 1);
       if (!s) return Fail(err, "creating session");
       bool ok = true;
       for (int64_t r = 0; r < o_.repeat && ok; ++r) {
@@ -314,6 +347,16 @@ class Bench {
         const double adjacent = std::max(bw_before, ok ? Bandwidth(threads, true) : 0.0);
         if (adjacent > 0)
           ctx_adjacent.push_back(ctx_tps.back() * ctx_bytes / adjacent);
+        const double f = Interleaved(threads, o_.gen, &ok, [&](int64_t g, double* seconds, double* bytes) {
+          const double d0 = Now();
+          const bool step_ok = Decode(s, &ids[o_.gen + g], 1, nullptr);
+          *seconds = Now() - d0;
+          // The weights and every key the step attends to: the cache so far and its own.
+          *bytes = static_cast<double>(work.weight_bytes) +
+                   static_cast<double>(kv_bytes_per_token_) * static_cast<double>(o_.context + o_.gen + g + 1);
+          return step_ok;
+        });
+        if (f > 0) ctx_interleaved.push_back(f);
       }
       moerun_session_destroy(s);
       if (!ok) return Fail(err, "long-context decode");
@@ -363,15 +406,18 @@ class Bench {
     for (size_t bi = 0; bi < o_.batches.size(); ++bi) {
       const Stat d = Summarise(decode_tps[bi]), step_bytes = Summarise(decode_bytes[bi]);
       const Stat adj = Summarise(decode_adjacent[bi]);
+      const Stat inter = o_.batches[bi] == 1 ? Summarise(decode_interleaved) : Stat{};
       // Weights are read once per step for the whole batch: the shared ones, and each distinct
       // routed expert the batch's tokens chose (from the session's expert counts).
       const double gbps = d.median / o_.batches[bi] * step_bytes.median / 1e9;
       std::snprintf(buf, sizeof(buf),
                     "%s{\"batch\": %d, \"context\": %u, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
                     "\"weight_bytes_per_step\": %.0f, \"weight_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f, "
-                    "\"fraction_of_bandwidth_median_pass\": %.4f, \"fraction_of_adjacent_bandwidth_probe\": %s}",
+                    "\"fraction_of_bandwidth_median_pass\": %.4f, \"fraction_of_adjacent_bandwidth_probe\": %s, "
+                    "\"fraction_of_interleaved_read_passes\": %s}",
                     bi ? ", " : "", o_.batches[bi], kDecodePrompt, Json(d).c_str(), 1e3 * o_.batches[bi] / d.median,
-                    step_bytes.median, gbps, gbps * 1e9 / bw, of_median(gbps), Json(adj).c_str());
+                    step_bytes.median, gbps, gbps * 1e9 / bw, of_median(gbps), Json(adj).c_str(),
+                    JsonOrNull(inter).c_str());
       *out += buf;
       std::snprintf(buf, sizeof(buf),
                     "  decode batch %-3d %9.2f tok/s [%.2f, %.2f]  %.2f ms/step, %.1f MiB of weights per step, "
@@ -381,16 +427,18 @@ class Bench {
                     gbps, 100.0 * gbps * 1e9 / bw, 100.0 * of_median(gbps), 100.0 * adj.median, 100.0 * adj.min,
                     100.0 * adj.max);
       *text += buf;
+      *text += InterleavedText(inter);
     }
     if (!ctx_tps.empty()) {
-      const Stat d = Summarise(ctx_tps), adj = Summarise(ctx_adjacent);
+      const Stat d = Summarise(ctx_tps), adj = Summarise(ctx_adjacent), inter = Summarise(ctx_interleaved);
       const double gbps = d.median * ctx_bytes / 1e9;
       std::snprintf(buf, sizeof(buf),
                     ", {\"batch\": 1, \"context\": %lld, \"tokens_per_s\": %s, \"ms_per_step\": %.3f, "
                     "\"weight_and_kv_gb_per_s\": %.3f, \"fraction_of_bandwidth\": %.4f, "
-                    "\"fraction_of_bandwidth_median_pass\": %.4f, \"fraction_of_adjacent_bandwidth_probe\": %s}",
+                    "\"fraction_of_bandwidth_median_pass\": %.4f, \"fraction_of_adjacent_bandwidth_probe\": %s, "
+                    "\"fraction_of_interleaved_read_passes\": %s}",
                     static_cast<long long>(o_.context), Json(d).c_str(), 1e3 / d.median, gbps, gbps * 1e9 / bw,
-                    of_median(gbps), Json(adj).c_str());
+                    of_median(gbps), Json(adj).c_str(), JsonOrNull(inter).c_str());
       *out += buf;
       std::snprintf(buf, sizeof(buf),
                     "  decode at context %lld: %.2f tok/s [%.2f, %.2f], weights + KV %.2f GB/s = %.1f%% of the probe "
@@ -399,6 +447,7 @@ class Bench {
                     static_cast<long long>(o_.context), d.median, d.min, d.max, gbps, 100.0 * gbps * 1e9 / bw,
                     100.0 * of_median(gbps), 100.0 * adj.median, 100.0 * adj.min, 100.0 * adj.max);
       *text += buf;
+      *text += InterleavedText(inter);
     }
     *out += "]";
     if (!ctx_fill_tps.empty()) {
@@ -463,6 +512,32 @@ class Bench {
     b.seq_ids = seq_ids;
     b.logits = logits;
     return moerun_session_decode(s, &b) == MOERUN_OK;
+  }
+
+  // n steps, each between two passes of the read probe: per step its bytes per second over the faster
+  // of the passes right before and after it, and the median of that over the steps, the fraction of
+  // the memory speed at that moment (this host's drifts within seconds, between the probes around a
+  // whole run too). step(g, &seconds, &bytes) runs step g and says what it took and read; false
+  // stops with *ok false. 0 where no probe can run while a model is loaded (RssWatch) or its buffer
+  // could not be had; the buffer is kept out of the peak RSS as Bandwidth's is.
+  template <typename Step>
+  double Interleaved(int threads, int64_t n, bool* ok, Step step) {
+    if (!*ok || n <= 0 || !rss_.resettable()) return 0.0;
+    rss_.Fold();
+    std::vector<double> ratios;
+    {
+      ReadProbe probe(threads, static_cast<size_t>(o_.probe_mib) << 20);
+      double before = probe.Pass();
+      for (int64_t g = 0; g < n && *ok && before > 0; ++g) {
+        double seconds = 0.0, bytes = 0.0;
+        *ok = step(g, &seconds, &bytes);
+        const double after = probe.Pass();
+        if (*ok && seconds > 0 && after > 0) ratios.push_back(bytes / seconds / std::max(before, after));
+        before = after;
+      }
+    }
+    rss_.Reset();
+    return Summarise(ratios).median;
   }
 
   // The read probe, its buffer kept out of the peak RSS. Adjacent ones (between decodes, with the

@@ -143,11 +143,30 @@ TEST(Cli, BenchPrintsFigures) {
   const double median = number_after("bandwidth_probe_median_pass_gb_per_s");
   EXPECT_GT(median, 0.0) << r.out;
   EXPECT_LE(median, best) << r.out;
+  // Steps between read passes: measured for batch 1 and the context run, null for batch 2. Only where
+  // probes can run with the model loaded (the adjacent ones then have a figure too).
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = r.out.find(what); at != std::string::npos; at = r.out.find(what, at + 1)) ++n;
+    return n;
+  };
+  if (r.out.find("\"fraction_of_adjacent_bandwidth_probe\": {\"median\": 0,") == std::string::npos) {
+    EXPECT_EQ(count("\"fraction_of_interleaved_read_passes\": {\"median\": "), 2u) << r.out;
+    EXPECT_EQ(count("\"fraction_of_interleaved_read_passes\": null"), 1u) << r.out;
+    const std::string key = "\"fraction_of_interleaved_read_passes\": {\"median\": ";
+    const size_t at = r.out.find(key);
+    ASSERT_NE(at, std::string::npos) << r.out;
+    EXPECT_GT(std::strtod(r.out.c_str() + at + key.size(), nullptr), 0.0) << r.out;
+  }
   // A prompt shorter than the decode runs' own 8-token prompts still leaves room for every step.
   const Result text =
       RunCli("bench " + model + " --prompt 2 --gen 9 --repeat 1 --probe-mib 32 --threads 1 --batch 1,2 --precision bf16");
   ASSERT_EQ(text.code, 0) << text.out;
   EXPECT_NE(text.out.find("decode batch 1"), std::string::npos) << text.out;
+  const bool probes_ran = text.out.find("0.0% [0.0, 0.0] of the faster of the probes") == std::string::npos;
+  if (probes_ran) {
+    EXPECT_NE(text.out.find("each step between two read passes: "), std::string::npos) << text.out;
+  }
   EXPECT_NE(text.out.find("mapped with 2 MiB pages: "), std::string::npos) << text.out;
   // The KV bytes it counts are the session's (bf16 rows where the backend keeps them so).
   moerun_model_options mo;
