@@ -36,8 +36,11 @@
 // accumulators. The previous tile (bytes widened to 16 bits for vpmaddwd, two rows) ran at 54-87
 // GOP/s where this one ran at 91-104 (M 48 and 512, N 1408, K 2048, one thread on the AMD EPYC host;
 // medians of 9 runs interleaved with the other variants, in five runs). Two rows ran at 80-94, three
-// at 87-101, six like four. Its ceiling here is ~109 GOP/s: vpsignb and vpabsb issue on the same two
-// pipes as vpmaddubsw and vpmaddwd (2 per cycle in all), 26 of them per quad of four rows.
+// at 87-101, six like four. Its ceiling here is ~120-125 GOP/s per core: vpsignb and vpabsb issue on
+// the same two pipes as vpmaddubsw and vpmaddwd (2 per core cycle in all), 26 of them per quad of four
+// rows (512 int8 operations), and moerun_pipe_rates measured vpmaddubsw at one every 0.39-0.40 cycles
+// of the 2.45 GHz time stamp counter (the cores run faster than it). The tile's 91-104 GOP/s is
+// 73-87% of that. An earlier ~109 here took the core clock to be slower than it is.
 //
 // Compiled for the baseline ISA, with the kernels marked target("avx2,fma"): any inline function
 // from a shared header is then built generically, and only DetectSupport().avx2 lets them run.
