@@ -349,7 +349,7 @@ class Bench {
           ctx_adjacent.push_back(ctx_tps.back() * ctx_bytes / adjacent);
         const double f = Interleaved(threads, o_.gen, &ok, [&](int64_t g, double* seconds, double* bytes) {
           const double d0 = Now();
-          const bool step_ok = Decode(s, &ids[o_.gen + g], 1, nullptr);
+          const bool step_ok = Decode(s, &ids[static_cast<size_t>(o_.gen + g) % ids.size()], 1, nullptr);
           *seconds = Now() - d0;
           // The weights and every key the step attends to: the cache so far and its own.
           *bytes = static_cast<double>(work.weight_bytes) +
