@@ -23,10 +23,15 @@
 //   4 KiB 0.96;
 // - into L2 (T1) 4 KiB ahead, against T0 2 KiB ahead: 0.93-0.94 at 1 thread, 0.94-0.96 at 2 (and at
 //   4096 tokens of context 0.95; batches of 4 and 8 tokens 0.97-0.98; 512-token prompts 1.00). 8 and
-//   16 KiB ahead were within noise of 4; T0 512 B ahead on top of it took 1.02-1.04 of its time, and
-//   T0 2 KiB plus T1 6 KiB 1.06-1.10 of T0 alone; T1 on every other line only, ~1.8x. A prefetch into
-//   L1 holds one of the core's few L1 miss buffers for a whole memory latency, which appears to be
-//   what capped a thread's stream; one into L2 frees it.
+//   16 KiB ahead were then within noise of 4; T0 512 B ahead on top of it took 1.02-1.04 of its time,
+//   and T0 2 KiB plus T1 6 KiB 1.06-1.10 of T0 alone; T1 on every other line only, ~1.8x. A prefetch
+//   into L1 holds one of the core's few L1 miss buffers for a whole memory latency, which appears to
+//   be what capped a thread's stream; one into L2 frees it.
+// - T1 16 KiB ahead (now), against 4 KiB, in a session whose probe read 17-22 GB/s at 2 threads (200
+//   steps at 1 thread, 400 at 2): 0.966, 0.974 and 0.975 at 1 thread, 0.988 and 0.992 at 2, 0.986 at
+//   4096 tokens of context; 8 KiB sat between (0.973-0.975 at 1 thread, 0.990-0.996 at 2), and 32
+//   KiB took 1.008-1.009 of 16's time. Prefetches that run past a claimed run's end are not wasted
+//   enough to matter: stopping them 16 KiB before it took 1.001 of the time.
 // An earlier microbenchmark (one stream over 512 MiB of panels, one thread) had found every T0
 // distance slower, and in the faster memory mode (~55 GB/s) a 1-8 KiB T0 prefetch was no better. Two
 // interleaved panels (an earlier tile) read at 19 GB/s against one panel's 28, and a kernel widening
@@ -53,8 +58,11 @@ namespace moerun::cpu::q8::avx2 {
 namespace {
 
 constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
-// How far ahead of its quad the decode kernel prefetches (see the top).
-constexpr int64_t kDecodePrefetch = 4096;
+// How far ahead of its quad the decode kernel prefetches (see the top), and the several-row tile
+// for a panel's first rows (16 KiB there: 512-token prompts 1.025 [0.98, 1.06] of 4's time, batches
+// of 4 tokens 0.99; kept at 4).
+constexpr int64_t kDecodePrefetch = 16384;
+constexpr int64_t kTilePrefetch = 4096;
 // Rows below this many activation bytes are quantised on the calling thread.
 constexpr int64_t kMinParallelBytes = int64_t{1} << 16;
 using Args = Int8Args;
@@ -66,8 +74,8 @@ using Args = Int8Args;
 // Not inlined, so that its loop has the whole register file (8 accumulators, the quad's q and |q|, a
 // broadcast): inlined into the tile, with the tile's f32 accumulators live across it, GCC spilled an
 // accumulator to the stack on every iteration and the (previous) kernel ran 25-35% slower.
-// kPrefetch: as the decode kernel, for the first rows of each panel, which read it from memory (the
-// later rows find it in cache). Against the same build without it (moerun_decode_ab, 2 threads; T0
+// kPrefetch: as the decode kernel (kTilePrefetch ahead), for the first rows of each panel, which read
+// it from memory (the later rows find it in cache). Against the same build without it (moerun_decode_ab, 2 threads; T0
 // 2 KiB ahead then): a batched decode step of 4 tokens took 0.95 of the time, of 8 tokens 0.93;
 // 512-token prompts 0.94 at 1 thread, 0.98-1.04 at 2 (within that A/B's noise).
 template <int MR, bool kPrefetch>
@@ -79,7 +87,7 @@ MOERUN_AVX2 __attribute__((noinline)) void GroupSums(const uint8_t* panel, const
   for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* q = panel + j * kQuadBytes;
-    if constexpr (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(q) + kDecodePrefetch, _MM_HINT_T1);
+    if constexpr (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(q) + kTilePrefetch, _MM_HINT_T1);
     const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), flip);
     const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)), flip);
     const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
