@@ -18,10 +18,12 @@ namespace moerun::cpu::q8::vnni {
 namespace {
 
 constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
-// Software prefetch along each panel stream, to L1 a little ahead and to L2 far ahead (at K = 2048
-// that is the next panels at the same offset): with two streams per thread this measured best, ~4%
-// over 4 KiB to L1 only and ~15% over no software prefetch.
-constexpr int64_t kPrefetchL1Bytes = 2048;
+// Software prefetch along each panel stream into L2 only (T1), 32 KiB ahead. The first form of this
+// kernel also prefetched 2 KiB ahead into L1 (T0), measured best then; on the AMD EPYC Zen 4 host
+// (2 vCPUs, family 25 model 17) that T0 prefetch cost ~10% of a decode step: without it, interleaved
+// A/B (moerun_decode_ab, 100 steps) took 0.885 of the time at 1 thread, 0.903 at 2, 0.909 at 4096
+// tokens of context, 0.941 at batch 4, and 1.004 for a 512-token prompt. The T1 prefetch itself was
+// neutral there (none: 1.000 and 0.994; 16 KiB 1.04-1.08 with one stream; 64 KiB 1.03).
 constexpr int64_t kPrefetchL2Bytes = 32768;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -50,10 +52,9 @@ void Tile(const Args& a, int64_t m0, int64_t p) {
     const int64_t j0 = g * kQuadsPerGroup, j1 = j0 + kQuadsPerGroup < a.quads ? j0 + kQuadsPerGroup : a.quads;
     for (int64_t j = j0; j < j1; ++j) {
       __m512i w[PT];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int t = 0; t < PT; ++t) {
         const uint8_t* q = panel[t] + j * kQuadBytes;
-        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchL1Bytes), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchL2Bytes), _MM_HINT_T1);
         w[t] = _mm512_loadu_si512(q);
       }
@@ -63,7 +64,7 @@ void Tile(const Args& a, int64_t m0, int64_t p) {
         int32_t x4;
         __builtin_memcpy(&x4, xq + m * xstride + 4 * j, 4);
         const __m512i xb = _mm512_set1_epi32(x4);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int t = 0; t < PT; ++t) acc[m][t] = _mm512_dpbusd_epi32(acc[m][t], w[t], xb);
       }
     }
@@ -99,10 +100,17 @@ void Panels(const Args& a, int64_t M, int64_t p) {
   }
 }
 
-// Panels [p0, p1) two at a time: two weight streams per thread and at least two vpdpbusd chains
-// streamed DRAM fastest (one stream with split accumulators and four streams were 3-10% slower).
+// Panels [p0, p1) four at a time for up to kFourStreamRows activation rows (decode, and the experts
+// of batched decode), else two at a time: several weight streams per thread read DRAM fastest. On the
+// Zen 4 host without the T0 prefetch (interleaved A/B against two streams, 100 steps): four took 0.965
+// of the time at 1 thread and 0.963 at 2, 0.958 at batch 4 and 0.973 at batch 8; one took 1.107 and
+// 1.046, eight 1.080 and 1.038, and four with the T1 prefetch aimed at the next run of four panels
+// 1.036 and 1.026. More rows would need more accumulators than the 32 registers hold (MR × PT).
+constexpr int64_t kFourStreamRows = 4;
 void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
   int64_t p = p0;
+  if (M <= kFourStreamRows)
+    for (; p + 4 <= p1; p += 4) Panels<4>(a, M, p);
   for (; p + 2 <= p1; p += 2) Panels<2>(a, M, p);
   if (p < p1) Panels<1>(a, M, p);
 }

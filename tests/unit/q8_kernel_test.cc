@@ -217,7 +217,7 @@ TEST(Q8Kernels, QuantizeNonFiniteAgrees) {
 TEST(Q8Kernels, Int8PathsMatchDefinition) {
   std::mt19937 rng(2);
   const std::vector<Int8Path> paths = AvailablePaths();
-  for (int64_t N : {1, 16, 17, 33, 100})
+  for (int64_t N : {1, 16, 17, 33, 60, 100})  // 60: four panels, the last partial
     for (int64_t K : {1, 3, 64, 100, 128, 129, 200, 300, 1000}) {
       const Q8Weight w = RandomWeight(N, K, rng);
       for (int64_t M : {1, 2, 3, 4, 5, 8, 13, 16, 17, 33, 64, 100}) {
