@@ -23,7 +23,7 @@ constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
 // (2 vCPUs, family 25 model 17) that T0 prefetch cost ~10% of a decode step: without it, interleaved
 // A/B (moerun_decode_ab, 100 steps) took 0.885 of the time at 1 thread, 0.903 at 2, 0.909 at 4096
 // tokens of context, 0.941 at batch 4, and 1.004 for a 512-token prompt. The T1 prefetch itself was
-// neutral there (none: 1.000 and 0.994; 16 KiB 1.04-1.08 with one stream; 64 KiB 1.03).
+// neutral there (none: 1.000 and 0.994); 16 KiB ahead took 1.07-1.08 of its time, 64 KiB 1.02-1.03.
 constexpr int64_t kPrefetchL2Bytes = 32768;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -84,14 +84,16 @@ void Tile(const Args& a, int64_t m0, int64_t p) {
 }
 
 // All M rows against panels p..p+PT: 8-row tiles while the panels stay in cache, then the rest.
+// Four panels at a time run only for M <= kFourStreamRows (Range), so only their tiles of up to 4 rows exist.
 template <int PT>
 void Panels(const Args& a, int64_t M, int64_t p) {
+  constexpr int kRows = PT >= 4 ? 4 : 8;
   int64_t m = 0;
-  for (; m + 8 <= M; m += 8) Tile<8, PT>(a, m, p);
+  for (; m + kRows <= M; m += kRows) Tile<kRows, PT>(a, m, p);
   switch (M - m) {
-    case 7: Tile<7, PT>(a, m, p); break;
-    case 6: Tile<6, PT>(a, m, p); break;
-    case 5: Tile<5, PT>(a, m, p); break;
+    case 7: if constexpr (kRows > 7) Tile<7, PT>(a, m, p); break;
+    case 6: if constexpr (kRows > 6) Tile<6, PT>(a, m, p); break;
+    case 5: if constexpr (kRows > 5) Tile<5, PT>(a, m, p); break;
     case 4: Tile<4, PT>(a, m, p); break;
     case 3: Tile<3, PT>(a, m, p); break;
     case 2: Tile<2, PT>(a, m, p); break;
