@@ -54,8 +54,9 @@ class CpuBackend final : public Backend {
                   int64_t out_head_stride) const override;
   void SiluMul(const float* gate, const float* up, float* out, int64_t n) const override;
   void MlaAttention(const MlaAttentionArgs& args) const override;
-  // bf16 precision on AMX-BF16 or AVX2: both attention paths of those kernels round the cache rows
-  // to bf16 anyway, and read bf16 rows (the scalar kernels read only f32 rows). The AVX2 kernels keep
+  // bf16 precision on AMX-BF16 or AVX2: both attention paths of those kernels (and the AVX512_BF16
+  // latent path, which reads either) round the cache rows to bf16 anyway, and read bf16 rows (the
+  // scalar kernels read only f32 rows). The AVX2 kernels keep
   // a subnormal f32 value as a bf16 subnormal, which the cache stores as zero (as AMX converts it).
   bool Bf16LatentCache() const override { return precision_ == Precision::kBF16 && (AmxAttention() || features_.avx2); }
   // The keys form runs on the AVX2 kernel (or the scalar one): taken where the absorbed values path

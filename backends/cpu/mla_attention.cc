@@ -8,7 +8,8 @@
 // threads share the cache reads rather than each streaming all of them. The values path of prefill
 // (MlaAttentionArgs::values) is in mla_values.cc. At bf16 precision, where the CPU has AMX-BF16, the
 // spans, and units of consecutive tokens of one sequence (their keys converted once), go to the tile
-// kernel of mla_latent_amx.cc instead of the f32 kernels here.
+// kernel of mla_latent_amx.cc instead of the f32 kernels here; where it has AVX512_BF16 but no AMX
+// (AMD Zen 4 and 5), to the same blocks with vdpbf16ps loops (mla_latent_bf16.cc).
 #include "backends/cpu/simd_avx512.h"  // first: see there
 #include <omp.h>
 
@@ -302,10 +303,10 @@ void AttendScalar(Scratch& sc, int64_t H, int64_t n, int64_t R, int64_t W, float
 }
 
 // Which kernel the latent path runs.
-enum class Kernel { kScalar, kAvx2, kAvx512, kAmxBf16 };
+enum class Kernel { kScalar, kAvx2, kAvx512, kAmxBf16, kDpBf16 };
 
 // Keys [j0, j1) of token t, all heads; round: bf16 precision's rounded inputs (the scalar and AVX2
-// kernels; AMX always rounds, AVX-512 never). False when scratch could not be allocated (logged).
+// kernels; AMX and AVX512_BF16 always round, AVX-512 never). False when scratch could not be allocated (logged).
 bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Kernel kernel, bool round,
                 const Partial& p) {
   const int64_t R = a.cache.kv_rank, P = a.cache.rope_dim, W = R + P, H = a.n_heads, n = j1 - j0;
@@ -316,6 +317,7 @@ bool AttendKeys(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, Ke
     return true;
   }
   if (kernel == Kernel::kAmxBf16) return mla::amx::AttendLatent(a, t, j0, j1, p);
+  if (kernel == Kernel::kDpBf16) return mla::dpbf16::AttendLatent(a, t, j0, j1, p);
   if (kernel == Kernel::kAvx2) return mla::avx2::AttendLatent(a, t, j0, j1, round, p);
   const bool avx = kernel == Kernel::kAvx512;
   thread_local Scratch sc;
@@ -428,12 +430,12 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
     if (g_log_budget.fetch_sub(1) > 0) Log(LogLevel::kError, "cpu backend: MlaAttention called with invalid arguments");
     return;
   }
-  // Only the AMX-BF16 and AVX2 kernels at bf16 precision read bf16 rows (Bf16LatentCache).
+  // Only the AMX-BF16, AVX512_BF16 and AVX2 kernels at bf16 precision read bf16 rows (Bf16LatentCache).
   if (c.bf16() && !Bf16LatentCache()) {
     if (g_log_budget.fetch_sub(1) > 0)
       Log(LogLevel::kError,
-          "cpu backend: MlaAttention got a bf16 latent cache, which only its AMX-BF16 and AVX2 kernels read at bf16 "
-          "precision");
+          "cpu backend: MlaAttention got a bf16 latent cache, which only its AMX-BF16, AVX512_BF16 and AVX2 kernels "
+          "read at bf16 precision");
     return;
   }
   const int64_t T = a.n_tokens, H = a.n_heads, R = c.kv_rank;
@@ -449,9 +451,10 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   const bool parallel = keys * H * (c.row_width() + (a.values ? a.v_dim : R)) >= kMinParallelWork;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   // bf16 precision rounds the attention's matmul inputs (queries, keys, values, probabilities) on
-  // every CPU, as the reference backend does: AMX-BF16 tile products where there are some, else the
-  // AVX2 kernels (also on AVX-512 without AMX-BF16: the AVX-512 kernels do not round) or the scalar
-  // ones. f32 precision is exact: the AVX-512, AVX2 or scalar kernels.
+  // every CPU, as the reference backend does: AMX-BF16 tile products where there are some, else on
+  // the latent path the AVX512_BF16 loops where there are those, else the AVX2 kernels (also on
+  // AVX-512 without AMX-BF16: the AVX-512 kernels do not round) or the scalar ones. f32 precision is
+  // exact: the AVX-512, AVX2 or scalar kernels.
   const bool bf16 = precision_ == Precision::kBF16;
   const bool avx512 = features_.avx512 && !bf16;
   if (a.values) {
@@ -470,19 +473,22 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   // Whole rounds: T·spans a multiple of the threads where there are more items than threads (three
   // spans on two threads left one thread a span behind the other).
   while (spans > 1 && T * spans > threads && (T * spans) % threads != 0) --spans;
-  const Kernel kernel = AmxAttention()   ? Kernel::kAmxBf16
-                        : avx512         ? Kernel::kAvx512
-                        : features_.avx2 ? Kernel::kAvx2
-                                         : Kernel::kScalar;
+  const Kernel kernel = AmxAttention()                                           ? Kernel::kAmxBf16
+                        : bf16 && features_.avx512 && q8::DetectSupport().avx512_bf16 ? Kernel::kDpBf16
+                        : avx512                                                 ? Kernel::kAvx512
+                        : features_.avx2                                         ? Kernel::kAvx2
+                                                                                 : Kernel::kScalar;
+  const bool units_of_tokens = kernel == Kernel::kAmxBf16 || kernel == Kernel::kDpBf16;
   // Tokens whose scratch could not be allocated inside the parallel regions, where nothing may be
   // thrown: reported as std::bad_alloc after them (the session turns it into out of memory).
   std::vector<uint8_t> failed(static_cast<size_t>(T), 0);
   std::vector<float> partial;  // spans > 1: per (token, span) out [H, R], max [H], sum [H]
   if (spans > 1) partial.resize(static_cast<size_t>(T * spans * H * (R + 2)));
   if (spans == 1) {
-    // Units of consecutive tokens with one page table: the AMX kernel reads and converts their keys
-    // once for all of them (a chunk at long context); the other kernels take a token at a time.
-    const int64_t per = kernel == Kernel::kAmxBf16 ? mla::amx::LatentUnitTokens(H, (T + threads - 1) / threads) : 1;
+    // Units of consecutive tokens with one page table: the AMX and AVX512_BF16 kernels read and
+    // convert their keys once for all of them (a chunk at long context); the others take a token at a
+    // time.
+    const int64_t per = units_of_tokens ? mla::amx::LatentUnitTokens(H, (T + threads - 1) / threads) : 1;
     std::vector<int64_t> begins;  // each unit's first token, then T
     for (int64_t t = 0; t < T; ++t)
       if (t == 0 || a.token_pages[t] != a.token_pages[t - 1] || t - begins.back() >= per) begins.push_back(t);
@@ -498,8 +504,9 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
         stats.resize(static_cast<size_t>(2 * H * nt));
         for (int64_t i = 0; i < nt; ++i)
           parts[i] = Partial{a.out + (t0 + i) * H * R, stats.data() + 2 * H * i, stats.data() + 2 * H * i + H};
-        done = nt == 1 ? AttendKeys(a, t0, 0, a.n_keys[t0], kernel, bf16, parts[0])
-                       : mla::amx::AttendLatentTokens(a, t0, nt, parts);
+        done = nt == 1                        ? AttendKeys(a, t0, 0, a.n_keys[t0], kernel, bf16, parts[0])
+               : kernel == Kernel::kAmxBf16 ? mla::amx::AttendLatentTokens(a, t0, nt, parts)
+                                            : mla::dpbf16::AttendLatentTokens(a, t0, nt, parts);
       } catch (const std::exception&) {
       }
       if (!done) {

@@ -164,4 +164,13 @@ int64_t LatentUnitTokens(int64_t n_heads, int64_t tokens_per_thread);
 bool AttendLatentTokens(const MlaAttentionArgs& a, int64_t t0, int64_t nt, const Partial* parts);
 }  // namespace amx
 
+// The latent path at bf16 precision on AVX512_BF16 without AMX-BF16 (mla_latent_bf16.cc): the AMX
+// kernel's blocks, rounding and unit of tokens (mla_latent_blocks.h) with vdpbf16ps loops for the
+// tile products, so the same results but for the order of the f32 additions. Call only when
+// q8::DetectSupport().avx512_bf16.
+namespace dpbf16 {
+bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const Partial& p);
+bool AttendLatentTokens(const MlaAttentionArgs& a, int64_t t0, int64_t nt, const Partial* parts);
+}  // namespace dpbf16
+
 }  // namespace moerun::cpu::mla

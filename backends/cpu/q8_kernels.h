@@ -48,6 +48,7 @@ struct Support {
   bool avx512 = false;  // F, BW, VL, DQ and FMA: quantisation and the exact f32 kernel
   bool vnni = false;    // avx512 plus AVX512_VNNI: the int8 kernel
   bool amx = false;     // vnni plus AMX-TILE and AMX-INT8, and Linux granted the tile state
+  bool avx512_bf16 = false;  // avx512 plus AVX512_BF16: the latent attention's vdpbf16ps kernel
   bool amx_bf16 = false;  // avx512 plus AVX512_BF16, AMX-TILE and AMX-BF16, and the tile state
 };
 // Probes the CPU (and asks Linux for AMX tile state) once; thread-safe.

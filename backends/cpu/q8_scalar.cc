@@ -46,6 +46,7 @@ Support Detect() {
   const bool tiles = amx_tile && (int8_wanted || bf16_wanted) && RequestAmxPermission();
   s.amx = int8_wanted && tiles;
   s.amx_bf16 = bf16_wanted && tiles;
+  s.avx512_bf16 = s.avx512 && avx512_bf16;
   return s;
 }
 

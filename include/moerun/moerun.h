@@ -70,7 +70,8 @@ typedef enum moerun_precision {
   MOERUN_PRECISION_F32 = 0,  /* activations and accumulation in float32; weights widened exactly */
   MOERUN_PRECISION_BF16 = 1, /* matmul inputs rounded to bfloat16 (int8 per 128 values with int8
                                 weights), float32 accumulation; attention's too (queries, keys,
-                                values and probabilities), on AMX where the CPU has it */
+                                values and probabilities), on AMX or AVX512_BF16 where the CPU
+                                has them */
   MOERUN_PRECISION_AUTO = 2  /* chosen at load from the file: BF16 when it has int8 weights (their
                                 int8 kernels; f32 is ~2x slower there and no closer to the
                                 checkpoint than the int8 weights are), F32 otherwise. The choice is

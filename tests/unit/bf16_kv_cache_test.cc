@@ -1,7 +1,7 @@
 // The bf16 latent KV cache (Backend::Bf16LatentCache): what the cache stores, that the CPU backend's
 // attention reads bf16 rows to the same bits as f32 rows holding the same values, that only the
-// AMX-BF16 and AVX2 kernels at bf16 precision accept them, and what a session built on it reports and
-// computes.
+// AMX-BF16 and AVX2 kernels (and the AVX512_BF16 latent path in their place) at bf16 precision accept
+// them, and what a session built on it reports and computes.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -6,9 +6,11 @@
 // or several groups of 16, a partial last one) and row widths with tails; then whole calls of the
 // backend (spans merged across threads, several tokens) against the exact f32 path; which path
 // each precision takes; tokens without keys; concurrent callers. Without AMX-BF16 the kernel cannot
-// run: the tests then say so, and the backend's bf16 is the AVX2 (or scalar) kernel, which rounds the
-// same inputs (MlaLatentAvx2 checks it against the same model). Tokens of one sequence that the
-// backend groups into a unit (their keys converted once) give exactly what each gives alone.
+// run: the tests then say so, and the backend's bf16 is the AVX512_BF16 kernel (the same blocks with
+// vdpbf16ps loops, mla_latent_bf16.cc; MlaLatentDpBf16 checks it against the same model) where the
+// CPU has AVX512_BF16, else the AVX2 (or scalar) kernel, which rounds the same inputs (MlaLatentAvx2
+// checks it against the same model). Tokens of one sequence that the backend groups into a unit
+// (their keys converted once) give exactly what each gives alone.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -201,13 +203,40 @@ TEST(MlaLatentAvx2, SpansMatchModel) {
   });
 }
 
-// One token alone through AttendLatent over all its keys, normalised as the backend does: [H, R].
-std::vector<float> AloneNormalised(const ValuesCase& c, int64_t t) {
+// The block kernels of the latent path at bf16 precision (mla_latent_blocks.h): AMX-BF16 tile
+// products and AVX512_BF16 loops, where the CPU has them.
+struct BlockKernel {
+  const char* name;
+  bool available;
+  SpanKernel span;
+  bool (*tokens)(const MlaAttentionArgs&, int64_t, int64_t, const cpu::mla::Partial*);
+};
+bool DpSpan(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, const cpu::mla::Partial& p) {
+  return cpu::mla::dpbf16::AttendLatent(a, t, j0, j1, p);
+}
+BlockKernel Amx() { return {"amx", cpu::q8::DetectSupport().amx_bf16, AmxSpan, cpu::mla::amx::AttendLatentTokens}; }
+BlockKernel Dp() {
+  return {"avx512_bf16", cpu::q8::DetectSupport().avx512_bf16, DpSpan, cpu::mla::dpbf16::AttendLatentTokens};
+}
+// The one the backend runs at bf16 precision here, if either.
+BlockKernel Detected() { return Amx().available ? Amx() : Dp(); }
+
+// The AVX512_BF16 loops (AMX's blocks and rounding, vdpbf16ps for the products) against the same
+// rounding model.
+TEST(MlaLatentDpBf16, SpansMatchRoundingModel) {
+  if (!Dp().available) GTEST_SKIP() << "no AVX512_BF16";
+  SpanCases([](const ValuesCase& c, int64_t t, int64_t j0, int64_t j1, const std::string& what) {
+    CheckSpanOf(DpSpan, true, c, t, j0, j1, "avx512_bf16, " + what);
+  });
+}
+
+// One token alone through the kernel's span over all its keys, normalised as the backend does: [H, R].
+std::vector<float> AloneNormalised(const BlockKernel& k, const ValuesCase& c, int64_t t) {
   std::vector<float> out(c.H * c.R), mx(c.H), sum(c.H);
   const MlaAttentionArgs a = c.Args();
   const int64_t n = std::max<int32_t>(c.n_keys[t], 0);
   if (n > 0) {
-    EXPECT_TRUE(cpu::mla::amx::AttendLatent(a, t, 0, n, cpu::mla::Partial{out.data(), mx.data(), sum.data()}));
+    EXPECT_TRUE(k.span(a, t, 0, n, cpu::mla::Partial{out.data(), mx.data(), sum.data()}));
   }
   for (int64_t h = 0; h < c.H; ++h) {
     const float inv = n > 0 && sum[h] > 0.0f ? 1.0f / sum[h] : 0.0f;
@@ -218,8 +247,7 @@ std::vector<float> AloneNormalised(const ValuesCase& c, int64_t t) {
 
 // Tokens of one sequence in a unit: each token's keys are converted once for all of them, and each
 // token gets exactly what it gets alone (its own keys, its own blocks from key 0).
-TEST(MlaLatentAmx, UnitOfTokensEqualsTokensAlone) {
-  if (!HaveAmxBf16()) return;
+void CheckUnitOfTokens(const BlockKernel& k) {
   std::mt19937 rng(46);
   // 8 tokens after 126 cached keys: their key counts (127-134) straddle the 128-key block.
   for (int64_t H : {16, 20}) {
@@ -230,24 +258,34 @@ TEST(MlaLatentAmx, UnitOfTokensEqualsTokensAlone) {
     std::vector<cpu::mla::Partial> parts;
     for (int64_t i = 0; i < nt; ++i)
       parts.push_back({out.data() + i * c.H * c.R, stats.data() + 2 * c.H * i, stats.data() + 2 * c.H * i + c.H});
-    ASSERT_TRUE(cpu::mla::amx::AttendLatentTokens(c.Args(), 0, nt, parts.data()));
+    ASSERT_TRUE(k.tokens(c.Args(), 0, nt, parts.data()));
     for (int64_t i = 0; i < nt; ++i) {
       std::vector<float> got(c.H * c.R);
       for (int64_t h = 0; h < c.H; ++h) {
         const float inv = 1.0f / parts[i].sum[h];
         for (int64_t r = 0; r < c.R; ++r) got[h * c.R + r] = parts[i].out[h * c.R + r] * inv;
       }
-      const std::vector<float> want = AloneNormalised(c, i);
-      EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << H << " heads, token " << i;
+      const std::vector<float> want = AloneNormalised(k, c, i);
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0)
+          << k.name << ", " << H << " heads, token " << i;
     }
-    EXPECT_FALSE(cpu::mla::amx::AttendLatentTokens(c.Args(), 0, cpu::mla::amx::kMaxUnitTokens + 1, parts.data()));
+    EXPECT_FALSE(k.tokens(c.Args(), 0, cpu::mla::amx::kMaxUnitTokens + 1, parts.data()));
   }
+}
+TEST(MlaLatentAmx, UnitOfTokensEqualsTokensAlone) {
+  if (!HaveAmxBf16()) return;
+  CheckUnitOfTokens(Amx());
+}
+TEST(MlaLatentDpBf16, UnitOfTokensEqualsTokensAlone) {
+  if (!Dp().available) GTEST_SKIP() << "no AVX512_BF16";
+  CheckUnitOfTokens(Dp());
 }
 
 // The backend groups a chunk's tokens into units (and keeps sequences apart): every token's output
-// equals that token alone, bit for bit.
+// equals that token alone, bit for bit (with whichever block kernel the backend runs here).
 TEST(MlaLatentAmx, ChunkThroughBackendEqualsTokensAlone) {
-  if (!HaveAmxBf16()) return;
+  const BlockKernel k = Detected();
+  if (!k.available) GTEST_SKIP() << "no AMX-BF16 or AVX512_BF16: the backend takes a token at a time";
   std::mt19937 rng(47);
   std::vector<int32_t> order(12, 0);
   order.insert(order.end(), {1, 1, 0, 1});
@@ -258,8 +296,9 @@ TEST(MlaLatentAmx, ChunkThroughBackendEqualsTokensAlone) {
   a.out = got.data();
   cpu::CpuBackend(Precision::kBF16, cpu::CpuFeatures::Detect()).MlaAttention(a);
   for (int64_t t = 0; t < c.T; ++t) {
-    const std::vector<float> want = AloneNormalised(c, t);
-    EXPECT_EQ(std::memcmp(got.data() + t * c.H * c.R, want.data(), want.size() * sizeof(float)), 0) << "token " << t;
+    const std::vector<float> want = AloneNormalised(k, c, t);
+    EXPECT_EQ(std::memcmp(got.data() + t * c.H * c.R, want.data(), want.size() * sizeof(float)), 0)
+        << k.name << ", token " << t;
   }
 }
 
