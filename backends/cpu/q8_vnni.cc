@@ -33,18 +33,35 @@ inline __mmask16 TailMask16(int64_t n) {
 
 using Args = Int8Args;
 
-// Activation rows m0..m0+MR against panels p..p+PT.
+// acc += Σ of four u8 (w) × s8 (x) products per lane: vpdpbusd in inline assembly, so that the
+// accumulator stays in its register. With the intrinsic GCC 12 copied every accumulator to another
+// register and back around each vpdpbusd of the unrolled loops (two moves per product).
+inline __m512i Dpbusd(__m512i acc, __m512i w, __m512i x) {
+  __asm__("vpdpbusd %[x], %[w], %[acc]" : [acc] "+v"(acc) : [w] "v"(w), [x] "v"(x));
+  return acc;
+}
+
+// Activation rows m0..m0+MR against panels p..p+PT. The f32 sums of tiles with more than 8
+// accumulators are kept in y between the 128-column groups instead of in registers: 16 int32 and 16
+// f32 accumulators (8 rows × 2 panels) left no room for the weights and broadcasts, and GCC spilled
+// and shuffled them inside the inner loop (a 512-token prompt's Tile<8, 2> on the Zen 5 host: half
+// its instructions were register moves and stack stores). The same operations in the same order.
 template <int MR, int PT>
 void Tile(const Args& a, int64_t m0, int64_t p) {
+  constexpr bool kSumsInY = MR * PT > 8;
   const uint8_t* panel[PT];
   for (int t = 0; t < PT; ++t) panel[t] = a.data + (p + t) * a.panel_bytes;
   const int64_t xstride = a.xstride;
   const int8_t* xq = a.xq + m0 * xstride;
   const float* xs = a.xs + m0 * a.G;
   const int32_t* xsum = a.xsum + m0 * a.G;
-  __m512 facc[MR][PT];
-  for (int m = 0; m < MR; ++m)
-    for (int t = 0; t < PT; ++t) facc[m][t] = _mm512_setzero_ps();
+  float* y = a.y + m0 * a.ldy + p * kPanelRows;
+  __mmask16 mask[PT];
+  for (int t = 0; t < PT; ++t) mask[t] = TailMask16(a.N - (p + t) * kPanelRows);
+  __m512 facc[kSumsInY ? 1 : MR][kSumsInY ? 1 : PT];
+  if constexpr (!kSumsInY)
+    for (int m = 0; m < MR; ++m)
+      for (int t = 0; t < PT; ++t) facc[m][t] = _mm512_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
     __m512i acc[MR][PT];
     for (int m = 0; m < MR; ++m)
@@ -65,22 +82,27 @@ void Tile(const Args& a, int64_t m0, int64_t p) {
         __builtin_memcpy(&x4, xq + m * xstride + 4 * j, 4);
         const __m512i xb = _mm512_set1_epi32(x4);
 #pragma GCC unroll 4
-        for (int t = 0; t < PT; ++t) acc[m][t] = _mm512_dpbusd_epi32(acc[m][t], w[t], xb);
+        for (int t = 0; t < PT; ++t) acc[m][t] = Dpbusd(acc[m][t], w[t], xb);
       }
     }
     for (int t = 0; t < PT; ++t) {
       const __m512 sw = _mm512_loadu_ps(a.scale + ((p + t) * a.G + g) * kPanelRows);
       for (int m = 0; m < MR; ++m) {
         const __m512i isum = _mm512_sub_epi32(acc[m][t], _mm512_set1_epi32(128 * xsum[m * a.G + g]));
-        facc[m][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(sw, _mm512_set1_ps(xs[m * a.G + g])),
-                                     facc[m][t]);
+        const __m512 f = _mm512_cvtepi32_ps(isum), s = _mm512_mul_ps(sw, _mm512_set1_ps(xs[m * a.G + g]));
+        if constexpr (kSumsInY) {
+          float* ym = y + m * a.ldy + t * kPanelRows;
+          const __m512 prev = g == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[t], ym);
+          _mm512_mask_storeu_ps(ym, mask[t], _mm512_fmadd_ps(f, s, prev));
+        } else {
+          facc[m][t] = _mm512_fmadd_ps(f, s, facc[m][t]);
+        }
       }
     }
   }
-  for (int t = 0; t < PT; ++t) {
-    const __mmask16 mask = TailMask16(a.N - (p + t) * kPanelRows);
-    for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(a.y + (m0 + m) * a.ldy + (p + t) * kPanelRows, mask, facc[m][t]);
-  }
+  if constexpr (!kSumsInY)
+    for (int t = 0; t < PT; ++t)
+      for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(y + m * a.ldy + t * kPanelRows, mask[t], facc[m][t]);
 }
 
 // All M rows against panels p..p+PT: 8-row tiles while the panels stay in cache, then the rest.
