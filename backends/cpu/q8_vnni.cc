@@ -18,13 +18,20 @@ namespace moerun::cpu::q8::vnni {
 namespace {
 
 constexpr int64_t kQuadsPerGroup = kGroupCols / 4;
-// Software prefetch along each panel stream into L2 only (T1), 32 KiB ahead. The first form of this
-// kernel also prefetched 2 KiB ahead into L1 (T0), measured best then; on the AMD EPYC Zen 4 host
-// (2 vCPUs, family 25 model 17) that T0 prefetch cost ~10% of a decode step: without it, interleaved
-// A/B (moerun_decode_ab, 100 steps) took 0.885 of the time at 1 thread, 0.903 at 2, 0.909 at 4096
-// tokens of context, 0.941 at batch 4, and 1.004 for a 512-token prompt. The T1 prefetch itself was
-// neutral there (none: 1.000 and 0.994); 16 KiB ahead took 1.07-1.08 of its time, 64 KiB 1.02-1.03.
+// Software prefetch along each panel stream into L2 only (T1), 32 KiB ahead, in tiles of more than
+// kFourStreamRows activation rows (prefill) only. The first form of this kernel also prefetched 2 KiB
+// ahead into L1 (T0), measured best then; on the AMD EPYC Zen 4 host (2 vCPUs, family 25 model 17)
+// that T0 prefetch cost ~10% of a decode step: without it, interleaved A/B (moerun_decode_ab, 100
+// steps) took 0.885 of the time at 1 thread, 0.903 at 2, 0.909 at 4096 tokens of context, 0.941 at
+// batch 4, and 1.004 for a 512-token prompt. The T1 prefetch itself was neutral there (none: 1.000
+// and 0.994); 16 KiB ahead took 1.07-1.08 of its time, 64 KiB 1.02-1.03. On the Zen 5 host (family 26
+// model 2) decode without it took 0.920 of the time at 2 threads and 0.919 at 1 (150 and 100 steps),
+// 0.953 at batch 4 and 0.955 at 4096 tokens of context, and a 512-token prompt 1.036: so decode's
+// tiles (up to kFourStreamRows rows) leave it to the hardware.
 constexpr int64_t kPrefetchL2Bytes = 32768;
+// Up to this many activation rows (decode, and the experts of batched decode) run four panels at a time
+// without the software prefetch (see Range and above).
+constexpr int64_t kFourStreamRows = 4;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline __mmask16 TailMask16(int64_t n) {
@@ -48,6 +55,7 @@ inline __m512i Dpbusd(__m512i acc, __m512i w, __m512i x) {
 // its instructions were register moves and stack stores). The same operations in the same order.
 template <int MR, int PT>
 void Tile(const Args& a, int64_t m0, int64_t p) {
+  constexpr bool kPrefetch = MR > kFourStreamRows;
   constexpr bool kSumsInY = MR * PT > 8;
   const uint8_t* panel[PT];
   for (int t = 0; t < PT; ++t) panel[t] = a.data + (p + t) * a.panel_bytes;
@@ -72,7 +80,7 @@ void Tile(const Args& a, int64_t m0, int64_t p) {
 #pragma GCC unroll 4
       for (int t = 0; t < PT; ++t) {
         const uint8_t* q = panel[t] + j * kQuadBytes;
-        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchL2Bytes), _MM_HINT_T1);
+        if constexpr (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchL2Bytes), _MM_HINT_T1);
         w[t] = _mm512_loadu_si512(q);
       }
       // Fully unrolled, so that the accumulators live in registers.
@@ -130,7 +138,6 @@ void Panels(const Args& a, int64_t M, int64_t p) {
 // of the time at 1 thread and 0.963 at 2, 0.958 at batch 4 and 0.973 at batch 8; one took 1.107 and
 // 1.046, eight 1.080 and 1.038, and four with the T1 prefetch aimed at the next run of four panels
 // 1.036 and 1.026. More rows would need more accumulators than the 32 registers hold (MR × PT).
-constexpr int64_t kFourStreamRows = 4;
 void Range(const Args& a, int64_t M, int64_t p0, int64_t p1) {
   int64_t p = p0;
   if (M <= kFourStreamRows)
