@@ -70,7 +70,8 @@ void Tile(const Args& a, int64_t m0, int64_t p) {
   __m512 facc[kSumsInY ? 1 : MR][kSumsInY ? 1 : PT];
   // Every loop over the tile's rows and panels fully unrolled, the first and last too: with any of
   // them left as a loop GCC kept the accumulators in memory around it (stored after each group's
-  // products, reloaded before the next), which took ~35% of a prefill tile's time.
+  // products, reloaded before the next); unrolled, an 8 x 2 tile on hot weights ran ~500-580 GOP/s
+  // -> ~680-730 (one thread, Zen 5 host).
   if constexpr (kSumsInY) {
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m)
