@@ -1,8 +1,9 @@
 // Helpers shared by the two AMX-BF16 files of MLA attention (mla_values_amx.cc, mla_latent_amx.cc),
-// both built with -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mamx-tile -mamx-bf16. Everything
-// here has internal linkage (an unnamed namespace), so each file keeps its own copy and no code
-// built with these flags can be picked by the linker for a file built without them. Include it
-// only from such files, after mla_attention_impl.h.
+// both built with -mavx512f -mavx512bw -mavx512vl -mavx512bf16 -mamx-tile -mamx-bf16, and through
+// mla_latent_blocks.h by mla_latent_bf16.cc (the same flags without AMX). Everything here has
+// internal linkage (an unnamed namespace), so each file keeps its own copy and no code built with
+// these flags can be picked by the linker for a file built without them. Include it only from such
+// files, after mla_attention_impl.h.
 #pragma once
 
 #include <immintrin.h>
