@@ -107,18 +107,6 @@ __attribute__((always_inline)) inline __m512 LoadW(const void* row, int64_t c, _
   }
 }
 
-// F32ToBf16 on 16 lanes (round to nearest even, NaN kept quiet), as the high half of each lane.
-__attribute__((always_inline)) inline __m512i RoundToBf16Lanes(__m512 v) {
-  const __m512i b = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  const __m512i r = _mm512_and_si512(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), hi);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(b, hi), _mm512_set1_epi32(0x00400000)));
-}
-
-__attribute__((always_inline)) inline __m512 RoundToBf16(__m512 v) { return _mm512_castsi512_ps(RoundToBf16Lanes(v)); }
-
 // e4m3 block scales without a division per block (64-bit divides would cost more than the dot
 // products of a 128-column run): ScaleRow once per row, then ScaleAt(block) and BlockEnd(block).
 template <DType D>
@@ -184,7 +172,7 @@ __attribute__((always_inline)) inline void DirectStep(const void* const* rows, c
   for (int i = 0; i < R; ++i) {
     __m512 wv = LoadW<D, kMasked, kFast>(rows[i], c, m);
     if constexpr (kScale == Scale::kWeights) wv = _mm512_mul_ps(wv, sv[i]);
-    if constexpr (kRound) wv = RoundToBf16(wv);
+    if constexpr (kRound) wv = RoundBf16x16(wv);
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
   }
@@ -280,14 +268,14 @@ __attribute__((always_inline)) inline void ConvertRun(const void* row, int64_t c
   for (; c + 16 <= c1; c += 16) {
     __m512 v = LoadW<D, false, kFast>(row, c, 0xffff);
     if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
-    if constexpr (kRound) v = RoundToBf16(v);
+    if constexpr (kRound) v = RoundBf16x16(v);
     _mm512_storeu_ps(out + (c - c0), v);
   }
   if (c < c1) {
     const __mmask16 m = TailMask(c1 - c);
     __m512 v = LoadW<D, true, kFast>(row, c, m);
     if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
-    if constexpr (kRound) v = RoundToBf16(v);
+    if constexpr (kRound) v = RoundBf16x16(v);
     _mm512_mask_storeu_ps(out + (c - c0), m, v);
   }
 }
@@ -450,7 +438,7 @@ void RowsToBf16Typed(const WeightView& w, int64_t r0, int64_t r1, uint16_t* out)
         const __mmask16 m = TailMask(c1 - c);
         __m512 v = LoadW<D, true>(row, c, m);
         if constexpr (D == DType::kF8E4M3) v = _mm512_mul_ps(v, s);
-        const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(RoundToBf16Lanes(v), 16));
+        const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(RoundBf16Lanes(v), 16));
         _mm256_mask_storeu_epi16(o + c, m, h);
       }
       c0 = c1;
@@ -511,14 +499,14 @@ void RoundToBf16Bits(const float* x, int64_t n, uint16_t* out) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = TailMask(n - i);
     const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-    _mm256_mask_storeu_epi16(out + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(RoundToBf16Lanes(v), 16)));
+    _mm256_mask_storeu_epi16(out + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(RoundBf16Lanes(v), 16)));
   }
 }
 
 void RoundToBf16Floats(const float* x, int64_t n, float* out) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = TailMask(n - i);
-    _mm512_mask_storeu_ps(out + i, m, RoundToBf16(_mm512_maskz_loadu_ps(m, x + i)));
+    _mm512_mask_storeu_ps(out + i, m, RoundBf16x16(_mm512_maskz_loadu_ps(m, x + i)));
   }
 }
 

@@ -393,7 +393,8 @@ bool CpuBackend::AmxAttention() const {
 }
 
 // The keys form's expansion: per head, W_UKᵀ dequantised once (rows split between the threads), then
-// tiles of keys split between them on the AVX2 kernel (the default's bits); without AVX2 the default.
+// tiles of keys split between them on the AVX-512 or AVX2 kernel (the default's bits); without AVX2
+// the default.
 void CpuBackend::ExpandKeys(const WeightView* uk_t, int64_t H, const float* latents, int64_t ldl, int64_t n,
                             float* out, int64_t out_head_stride) const {
   if (!features_.avx2) {
@@ -415,7 +416,8 @@ void CpuBackend::ExpandKeys(const WeightView* uk_t, int64_t H, const float* late
     float* o = out + h * out_head_stride;
     ParallelFor(tiles, parallel, [&](int64_t i) {
       const int64_t j0 = i * mla::avx2::kExpandRows, rows = std::min(mla::avx2::kExpandRows, n - j0);
-      mla::avx2::ExpandKeysRows(up, R, dk, latents + j0 * ldl, ldl, rows, o + j0 * dk);
+      (features_.avx512 ? mla::avx512k::ExpandKeysRows : mla::avx2::ExpandKeysRows)(up, R, dk, latents + j0 * ldl,
+                                                                                  ldl, rows, o + j0 * dk);
     });
   }
 }
@@ -461,7 +463,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
     if (AmxAttention() && !a.keys) {  // the keys form: the AVX2 kernel rounds the same inputs
       mla::amx::AttendValues(a, parallel);
     } else {
-      mla::AttendValues(a, avx512, features_.avx2, bf16, parallel);
+      mla::AttendValues(a, avx512, features_.avx2, features_.avx512, bf16, parallel);
     }
     return;
   }

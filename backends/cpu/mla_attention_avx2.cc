@@ -575,13 +575,10 @@ MOERUN_AVX2 void AccumulateValuesTokens(const float* const* p, int64_t ldj, int6
   }
 }
 
-using TokensKernel = void (*)(const float* const*, int64_t, int64_t, const float*, int64_t, int64_t, float* const*,
-                              const char*);
-// Tokens per register tile of the weighted sum (12 accumulators), and a kernel for 2 to that many:
-// [round values][16 lanes inside dv][tokens].
-constexpr int64_t kRegisterTokens = 6;
+// Tokens per register tile of the weighted sum (kRegisterTokens: 12 accumulators), and a kernel for 2
+// to that many: [round values][16 lanes inside dv][tokens].
 template <bool kRound, bool kFull>
-constexpr std::array<TokensKernel, kRegisterTokens + 1> kTokensRow = {
+constexpr std::array<ValuesTokensFn, kRegisterTokens + 1> kTokensRow = {
     nullptr,
     nullptr,
     AccumulateValuesTokens<2, kRound, kFull>,
@@ -589,17 +586,19 @@ constexpr std::array<TokensKernel, kRegisterTokens + 1> kTokensRow = {
     AccumulateValuesTokens<4, kRound, kFull>,
     AccumulateValuesTokens<5, kRound, kFull>,
     AccumulateValuesTokens<6, kRound, kFull>};
-constexpr std::array<TokensKernel, kRegisterTokens + 1> kTokenKernels[2][2] = {
+constexpr std::array<ValuesTokensFn, kRegisterTokens + 1> kTokenKernels[2][2] = {
     {kTokensRow<false, false>, kTokensRow<false, true>}, {kTokensRow<true, false>, kTokensRow<true, true>}};
+static_assert(kRegisterTokens == 6, "one kernel per token count");
 static_assert(kValuesTileTokens >= kRegisterTokens, "a tile holds at least one register tile");
 
 // The values path: tokens [t0, t0 + nt) of one sequence (shared pages and values), all heads, into
 // a.out ([H, dv] each, normalised). Blocks of kValuesBlock keys from key 0 for every token: each
 // token's scores, softmax and rounding are what it gets alone; then per head the keys that all the block's
 // tokens see are weighed for all of them at once (AccumulateValuesTokens) and the rest per token,
-// in key order, so every output has the same bits as the token alone.
+// in key order, so every output has the same bits as the token alone. wide: the keys form's scores
+// and the weighted sum on the AVX-512 kernels (avx512k; the same bits).
 template <bool kRound>
-MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0, int64_t nt) {
+MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool wide) {
   const int64_t W = a.cache.kv_rank + a.cache.rope_dim, H = a.n_heads, dv = a.v_dim;
   const int64_t groups = (H + 7) / 8, ldst = groups * 8, ldj = nt * ldst, qstride = groups * W * 8;
   const bool keys_form = a.keys != nullptr;
@@ -634,7 +633,7 @@ MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0
       }
     };
     if (keys_form) {
-      ScoreKeysBlock(a, sc.qk.data(), nt, a.token_pages[t0], a.keys[t0], b0, nb, kRound, sc.kr.data(),
+      ScoreKeysBlock(a, sc.qk.data(), nt, a.token_pages[t0], a.keys[t0], b0, nb, kRound, wide, sc.kr.data(),
                      sc.sh.data(), sc.st.data(), ldst, ldj);
       softmax_tokens([](int64_t, float*) {});
     } else {
@@ -674,10 +673,13 @@ MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0
       }
       for (int64_t c0 = 0, sl = 0; together > 0 && c0 < dv; c0 += 16, ++sl) {
         const char* pf = next + ((sl + 1) * together <= lines ? sl * together * 64 : 0);
-        const auto& kernels = kTokenKernels[round_values][c0 + 16 <= dv];
-        for (int64_t gi = 0, i0 = 0; gi < n_groups; i0 = group_end[gi++])
-          kernels[group_end[gi] - i0](p + i0, n_active, together, v, dv, c0, o + i0,
-                                      gi == 0 ? pf : reinterpret_cast<const char*>(v + c0));
+        const bool full = c0 + 16 <= dv;
+        for (int64_t gi = 0, i0 = 0; gi < n_groups; i0 = group_end[gi++]) {
+          const int64_t m = group_end[gi] - i0;
+          const ValuesTokensFn kernel = wide ? avx512k::ValuesTokensKernel(m, round_values, full)
+                                             : kTokenKernels[round_values][full][m];
+          kernel(p + i0, n_active, together, v, dv, c0, o + i0, gi == 0 ? pf : reinterpret_cast<const char*>(v + c0));
+        }
       }
       for (int64_t i = 0; i < n_active; ++i) {
         const int64_t rest = seen[active[i]] - together;
@@ -731,7 +733,7 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
   return true;
 }
 
-bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round) {
+bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round, bool wide) {
   if (nt < 1 || nt > kValuesTileTokens) return false;
   int64_t n = 0;
   for (int64_t k = 0; k < nt; ++k) n = std::max<int64_t>(n, a.n_keys[t0 + k]);
@@ -746,7 +748,7 @@ bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round)
       return false;
     }
   }
-  (round ? AttendTokens<true> : AttendTokens<false>)(tls_scratch, a, t0, nt);
+  (round ? AttendTokens<true> : AttendTokens<false>)(tls_scratch, a, t0, nt, wide);
   return true;
 }
 

@@ -97,7 +97,8 @@ inline float RoundBf16(float x) { return Bf16ToF32(F32ToBf16(x)); }
 // could not be allocated, after its parallel region. avx: the AVX-512 tile kernel, else avx2: the
 // AVX2 kernel, else the scalar one. round (bf16 precision; the AVX2 and scalar kernels): queries,
 // keys, values and probabilities rounded to bf16 as the AMX kernels and the reference backend do.
-void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bool parallel);
+// wide (with avx2): the keys form's AVX-512 kernels (avx512k); only where CpuFeatures::avx512.
+void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool wide, bool round, bool parallel);
 
 namespace avx2 {
 // The latent path on AVX2 + FMA (mla_attention_avx2.cc), for CPUs without AVX-512 and for bf16
@@ -114,7 +115,14 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
 // keys of V2-Lite); 512 tokens at 4096 keys took 0.85x the time of tiles of 6 (2 threads; tiles of
 // 12 took 5-8% longer than 24, and 48 no less; AMD EPYC test host).
 inline constexpr int64_t kValuesTileTokens = 24;
-bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round);
+// wide: the keys form's AVX-512 kernels (avx512k below; the same bits). Call with it only when
+// CpuFeatures::avx512.
+bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round, bool wide);
+// The weighted sum's register tiles: o_t[i0, i0 + 16) += Σ_{j < nj} p_t[j·ldj] v_j[i0, i0 + 16) for 2 to
+// kRegisterTokens tokens t (p[t], o[t]) of one head (v_j = v + j·dv); line j of pf prefetched with key j.
+inline constexpr int64_t kRegisterTokens = 6;
+using ValuesTokensFn = void (*)(const float* const* p, int64_t ldj, int64_t nj, const float* v, int64_t dv,
+                                int64_t i0, float* const* o, const char* pf);
 
 // The keys form's scores (MlaAttentionArgs::keys; mla_keys_avx2.cc), for the values path above.
 // Tokens per column of the transposed queries.
@@ -129,14 +137,39 @@ void TransposeKeyQueries(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool
 // nb·rope_dim floats, sh for n_heads·nb·kKeyLanes. With round, K is rounded to bf16 (unless
 // keys_bf16_exact) and so are an f32 cache's rope keys (a bf16 cache's are bf16 already). A token's
 // scores are the same bits in any tile.
+// wide: the AVX-512 register tiles where nt > 8 (the same bits).
 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages, const float* keys,
-                    int64_t b0, int64_t nb, bool round, float* kr, float* sh, float* st, int64_t ldst, int64_t ldj);
+                    int64_t b0, int64_t nb, bool round, bool wide, float* kr, float* sh, float* st, int64_t ldst,
+                    int64_t ldj);
+// A register tile of the scores: out[j·kKeyLanes + lane] for its lanes (tokens) and keys j, from the
+// transposed queries q, the expanded keys k (+ j·dk) and the rope keys kr (+ j·dr); `wide` for `keys`
+// keys at a time, `one` for one.
+using ScoreTileFn = void (*)(const float* q, const float* k, int64_t dk, const float* kr, int64_t dr, float* out);
+struct ScoreTiles {
+  int keys;
+  ScoreTileFn wide, one;
+};
 // Backend::ExpandKeys for one head and `rows` keys: out[j·dk + d] = Σ_r lat[j·ldl + r] · u[r·dk + d],
 // u the head's dequantised W_UKᵀ [R, dk]; register tiles of kExpandRows keys × 16 columns, each lane
 // one chain of FMAs over r in order (the default's bits).
 inline constexpr int64_t kExpandRows = 6;
 void ExpandKeysRows(const float* u, int64_t R, int64_t dk, const float* lat, int64_t ldl, int64_t rows, float* out);
+// Its columns [d0, dk) one lane at a time (the same chains), for the columns past the last whole vector.
+void ExpandKeysTail(const float* u, int64_t R, int64_t dk, int64_t d0, const float* lat, int64_t ldl, int64_t rows,
+                    float* out);
 }  // namespace avx2
+
+// The keys form's kernels on AVX-512F + VL (mla_keys_avx512.cc): each lane the same chain of FMAs as
+// in the AVX2 kernel, so the same bits, with zmm registers. Call only when CpuFeatures::avx512.
+namespace avx512k {
+// As avx2::ExpandKeysRows (tiles of kExpandRows keys × 32 columns).
+void ExpandKeysRows(const float* u, int64_t R, int64_t dk, const float* lat, int64_t ldl, int64_t rows, float* out);
+// The score tiles for tiles of 9 to kValuesTileTokens tokens (round_k: K rounded to bf16).
+avx2::ScoreTiles ScoreKeysTiles(int64_t nt, bool round_k);
+// The weighted sum's kernel for nt tokens (2 <= nt <= kRegisterTokens, else null); round: the value
+// rows rounded to bf16; full: all 16 lanes inside dv.
+avx2::ValuesTokensFn ValuesTokensKernel(int64_t nt, bool round, bool full);
+}  // namespace avx512k
 
 // The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and
 // the probabilities rounded to bf16, f32 accumulation and softmax, the running maximum updated per

@@ -82,7 +82,7 @@ MOERUN_AVX2 __attribute__((always_inline)) inline void Transpose8x8(__m256 (&r)[
   }
 }
 
-using TileFn = void (*)(const float*, const float*, int64_t, const float*, int64_t, float*);
+using TileFn = ScoreTileFn;
 // Keys per register tile for 1, 2 and 3 vectors of tokens (12 accumulators), and the kernels:
 // [round K][vectors - 1] for that many keys, and for one key (the block's tail).
 constexpr int kTileKeys[3] = {12, 6, 4};
@@ -107,8 +107,8 @@ MOERUN_AVX2 void TransposeKeyQueries(const MlaAttentionArgs& a, int64_t t0, int6
 }
 
 MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages,
-                                const float* keys, int64_t b0, int64_t nb, bool round, float* kr, float* sh,
-                                float* st, int64_t ldst, int64_t ldj) {
+                                const float* keys, int64_t b0, int64_t nb, bool round, bool wide, float* kr,
+                                float* sh, float* st, int64_t ldst, int64_t ldj) {
   const int64_t H = a.n_heads, dk = a.k_dim, dr = a.cache.rope_dim, R = a.cache.kv_rank, Wq = dk + dr;
   // The block's rope keys as f32 rows (a bf16 cache's exactly; an f32 cache's rounded at bf16).
   for (int64_t j = 0; j < nb; ++j) {
@@ -124,16 +124,17 @@ MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int6
   // Per head, the sums in sh[(h·nb + j)·kKeyLanes + k] (contiguous stores; written into st per head,
   // one float per token and key, the block's 96 KiB of st left L1 between heads).
   const int nv = static_cast<int>((nt + 7) / 8);
-  const int tile = kTileKeys[nv - 1];
   const bool round_k = round && !a.keys_bf16_exact;
-  const TileFn wide = kWide[round_k][nv - 1], one = kOne[round_k][nv - 1];
+  const ScoreTiles tiles = wide && nv > 1 ? avx512k::ScoreKeysTiles(nt, round_k)
+                                          : ScoreTiles{kTileKeys[nv - 1], kWide[round_k][nv - 1], kOne[round_k][nv - 1]};
+  const int tile = tiles.keys;
   for (int64_t h = 0; h < H; ++h) {
     const float* q = qk + h * Wq * kKeyLanes;
     const float* kh = keys + h * a.k_head_stride + b0 * dk;
     float* out = sh + h * nb * kKeyLanes;
     for (int64_t j0 = 0; j0 < nb;) {
       const int64_t n = nb - j0 >= tile ? tile : 1;
-      (n == tile ? wide : one)(q, kh + j0 * dk, dk, kr + j0 * dr, dr, out + j0 * kKeyLanes);
+      (n == tile ? tiles.wide : tiles.one)(q, kh + j0 * dk, dk, kr + j0 * dr, dr, out + j0 * kKeyLanes);
       j0 += n;
     }
   }
@@ -193,13 +194,18 @@ MOERUN_AVX2 void ExpandKeysRows(const float* u, int64_t R, int64_t dk, const flo
   for (int64_t j0 = 0; j0 < rows; j0 += kExpandRows) {
     const int64_t mr = std::min<int64_t>(kExpandRows, rows - j0);
     for (int64_t d0 = 0; d0 < full; d0 += 16) kExpand[mr](lat + j0 * ldl, ldl, u, R, dk, d0, out + j0 * dk, dk);
-    for (int64_t i = 0; i < mr; ++i)  // columns past the last 16: the same chains, one lane at a time
-      for (int64_t d = full; d < dk; ++d) {
-        float acc = 0.0f;
-        for (int64_t r = 0; r < R; ++r) acc = std::fma(lat[(j0 + i) * ldl + r], u[r * dk + d], acc);
-        out[(j0 + i) * dk + d] = acc;
-      }
+    ExpandKeysTail(u, R, dk, full, lat + j0 * ldl, ldl, mr, out + j0 * dk);  // columns past the last 16
   }
+}
+
+void ExpandKeysTail(const float* u, int64_t R, int64_t dk, int64_t d0, const float* lat, int64_t ldl, int64_t rows,
+                    float* out) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t d = d0; d < dk; ++d) {
+      float acc = 0.0f;
+      for (int64_t r = 0; r < R; ++r) acc = std::fma(lat[i * ldl + r], u[r * dk + d], acc);
+      out[i * dk + d] = acc;
+    }
 }
 
 #undef MOERUN_AVX2

@@ -370,7 +370,7 @@ bool AttendValuesScalar(const MlaAttentionArgs& a, int64_t t) {
 // single tokens, run concurrently, the last tile first (later tokens see more keys). Tiles hold up to
 // kTileTokens tokens (avx2::kValuesTileTokens on AVX2), fewer when that leaves less than two tiles per
 // thread.
-void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bool parallel) {
+void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool wide, bool round, bool parallel) {
   const int64_t T = a.n_tokens;
   avx = avx && !a.keys;  // the keys form: the AVX2 kernel (every AVX-512 CPU has AVX2) or the scalar one
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
@@ -393,7 +393,7 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool round, bo
     bool done = false;
     try {
       done = avx     ? AttendTileValues(a, tile_start[i], tile_start[i + 1] - tile_start[i])
-             : avx2  ? avx2::AttendValues(a, tile_start[i], tile_start[i + 1] - tile_start[i], round)
+             : avx2  ? avx2::AttendValues(a, tile_start[i], tile_start[i + 1] - tile_start[i], round, wide)
              : round ? AttendValuesScalar<true>(a, tile_start[i])
                      : AttendValuesScalar<false>(a, tile_start[i]);
     } catch (const std::exception&) {

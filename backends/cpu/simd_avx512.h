@@ -35,4 +35,18 @@ __attribute__((target("avx512f,fma"), always_inline)) inline __m512 ExpAvx512(__
   return _mm512_scalef_ps(p, n);
 }
 
+// F32ToBf16 on 16 lanes (round to nearest even, NaN kept quiet), as the high half of each lane: the
+// bits of x rounded to bf16 and back to f32.
+__attribute__((target("avx512f"), always_inline)) inline __m512i RoundBf16Lanes(__m512 v) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m512i r = _mm512_and_si512(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), hi);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(b, hi), _mm512_set1_epi32(0x00400000)));
+}
+__attribute__((target("avx512f"), always_inline)) inline __m512 RoundBf16x16(__m512 v) {
+  return _mm512_castsi512_ps(RoundBf16Lanes(v));
+}
+
 }  // namespace moerun::cpu

@@ -228,8 +228,11 @@ TEST(MlaValuesAvx2, MatchesModel) {
 // f32 rows in place (f32), packed rows rounded (bf16 on an f32 cache) and bf16 rows in place (bf16
 // on a bf16 cache), value rows (and the keys form's K) rounded or not, key counts that differ within
 // a tile (a token with none, counts out of order, a count on a 64-key block boundary), and dv with a
-// partial 16-wide slice.
+// partial 16-wide slice. Where the CPU has AVX-512, the tiles also run on the keys form's AVX-512
+// kernels (avx512k; wide), which must give the same bits as the AVX2 kernels alone.
 void ExpectTilesEqualTokensAlone(std::vector<ValuesCase>& cases) {
+  std::vector<bool> widths{false};
+  if (cpu::CpuFeatures::Detect().avx512) widths.push_back(true);
   cases[1].n_keys[3] = 0;
   std::swap(cases[1].n_keys[6], cases[1].n_keys[9]);
   cases[2].n_keys[4] = 64;  // ends on a block boundary among counts of 121-129
@@ -251,21 +254,22 @@ void ExpectTilesEqualTokensAlone(std::vector<ValuesCase>& cases) {
                                  (exact_values ? ", values as bf16" : "") + (c.dk > 0 ? ", keys form" : "");
         std::vector<float> alone(c.T * c.H * c.dv, test::kSentinel);
         a.out = alone.data();
-        for (int64_t t = 0; t < c.T; ++t) ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t, 1, round)) << what;
-        for (int64_t nt = 2; nt <= cpu::mla::avx2::kValuesTileTokens; ++nt) {
-          std::vector<float> tiled(alone.size() + 64, test::kSentinel);
-          a.out = tiled.data();
-          for (int64_t t0 = 0; t0 < c.T; t0 += nt)
-            ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t0, std::min(nt, c.T - t0), round)) << what;
-          EXPECT_EQ(std::memcmp(tiled.data(), alone.data(), alone.size() * sizeof(float)), 0)
-              << what << ", tiles of " << nt;
-          for (size_t i = alone.size(); i < tiled.size(); ++i) ASSERT_EQ(tiled[i], test::kSentinel) << what;
-        }
+        for (int64_t t = 0; t < c.T; ++t) ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t, 1, round, false)) << what;
+        for (bool wide : widths)
+          for (int64_t nt = 2; nt <= cpu::mla::avx2::kValuesTileTokens; ++nt) {
+            std::vector<float> tiled(alone.size() + 64, test::kSentinel);
+            a.out = tiled.data();
+            for (int64_t t0 = 0; t0 < c.T; t0 += nt)
+              ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t0, std::min(nt, c.T - t0), round, wide)) << what;
+            EXPECT_EQ(std::memcmp(tiled.data(), alone.data(), alone.size() * sizeof(float)), 0)
+                << what << ", tiles of " << nt << (wide ? ", AVX-512 kernels" : "");
+            for (size_t i = alone.size(); i < tiled.size(); ++i) ASSERT_EQ(tiled[i], test::kSentinel) << what;
+          }
       }
   }
   MlaAttentionArgs a = cases[0].Args();
-  EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, 0, true));
-  EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, cpu::mla::avx2::kValuesTileTokens + 1, true));
+  EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, 0, true, false));
+  EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, cpu::mla::avx2::kValuesTileTokens + 1, true, false));
 }
 
 std::vector<ValuesCase> TileCases(std::mt19937& rng) {
@@ -284,8 +288,9 @@ TEST(MlaValuesAvx2, TilesEqualTokensAlone) {
   ExpectTilesEqualTokensAlone(cases);
 }
 
-// The same for the keys form (mla_keys_avx2.cc): tiles of 1-3 vectors of tokens, register tiles of
-// 12, 6 or 4 keys and single keys at a block's end; k_dim 128, 40 and 7.
+// The same for the keys form (mla_keys_avx2.cc, mla_keys_avx512.cc): tiles of 1-3 vectors of tokens,
+// register tiles of 12, 6 or 4 keys (AVX-512: 12 or 10) and single keys at a block's end; k_dim 128,
+// 40 and 7.
 TEST(MlaValuesAvx2, KeysFormTilesEqualTokensAlone) {
   if (!cpu::q8::DetectSupport().avx2) GTEST_SKIP() << "no AVX2";
   std::mt19937 rng(37);

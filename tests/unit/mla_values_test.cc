@@ -248,17 +248,16 @@ TEST(MlaValuesPath, KeysFormWhereTheAbsorbedFormHasNoWiderTiles) {
   EXPECT_TRUE(reference::ReferenceBackend(Precision::kBF16).MlaKeysForm());
 }
 
-// Backend::ExpandKeys: the CPU backend's AVX2 kernel gives the default's bits (one chain of fused
-// multiply-adds per output over kv_rank in order) for int8 and f32 views of W_UKᵀ, keys that leave a
-// partial register tile, k_dim 128, 40 (a partial 16-wide slice) and 7 (none whole), on 1 and 2
-// threads, and both are within float rounding of the sums in double.
-TEST(MlaValuesPath, CpuExpandKeysGivesTheDefaultsBits) {
-  std::mt19937 rng(28);
-  const cpu::CpuBackend cpu(Precision::kBF16, cpu::CpuFeatures::Detect());
+// Backend::ExpandKeys: the CPU backend's AVX-512 and AVX2 kernels give the default's bits (one chain of
+// fused multiply-adds per output over kv_rank in order) for int8 and f32 views of W_UKᵀ, keys that
+// leave a partial register tile, k_dim 128 (whole 32-wide tiles), 56 (one of 32, one of 16 and a
+// partial one), 40 (a partial 16-wide slice) and 7 (none whole), on 1 and 2 threads, and both are
+// within float rounding of the sums in double.
+void ExpandKeysCases(const cpu::CpuBackend& cpu, const std::string& variant, std::mt19937& rng) {
   struct Shape {
     int64_t H, R, dk, n;
   };
-  for (const Shape& sh : {Shape{3, 512, 128, 13}, Shape{2, 48, 40, 7}, Shape{4, 64, 7, 20}})
+  for (const Shape& sh : {Shape{3, 512, 128, 13}, Shape{2, 64, 56, 9}, Shape{2, 48, 40, 7}, Shape{4, 64, 7, 20}})
     for (bool int8 : {false, true}) {
       std::vector<test::Q8Weight> q8;
       std::vector<std::vector<float>> f32;
@@ -289,7 +288,7 @@ TEST(MlaValuesPath, CpuExpandKeysGivesTheDefaultsBits) {
         omp_set_num_threads(threads);
         std::vector<float> got(sh.H * stride, kSentinel);
         cpu.ExpandKeys(views.data(), sh.H, lat.data(), ldl, sh.n, got.data(), stride);
-        const std::string what = "H " + std::to_string(sh.H) + ", k_dim " + std::to_string(sh.dk) +
+        const std::string what = variant + ", H " + std::to_string(sh.H) + ", k_dim " + std::to_string(sh.dk) +
                                  (int8 ? ", int8" : ", f32") + ", " + std::to_string(threads) + " threads";
         EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << what;
       }
@@ -304,6 +303,12 @@ TEST(MlaValuesPath, CpuExpandKeysGivesTheDefaultsBits) {
         }
       for (int64_t h = 0; h < sh.H; ++h) EXPECT_EQ(want[h * stride + sh.n * sh.dk], kSentinel);  // gaps untouched
     }
+}
+
+
+TEST(MlaValuesPath, CpuExpandKeysGivesTheDefaultsBits) {
+  std::mt19937 rng(28);
+  for (const CpuVariant& v : CpuVariants()) ExpandKeysCases(cpu::CpuBackend(Precision::kBF16, v.features), v.name, rng);
 }
 
 // Session level: a batch that takes the values path (a fresh sequence and a continued one, mixed)
