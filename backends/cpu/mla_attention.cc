@@ -392,6 +392,26 @@ bool CpuBackend::AmxAttention() const {
   return precision_ == Precision::kBF16 && features_.avx512 && q8::DetectSupport().amx_bf16;
 }
 
+namespace {
+
+// Rows [16p, 16p + 16) of the Q8_PANEL matrix w into out [w.rows, w.cols]: (byte − 128) · scale, as
+// WeightView::At, walking the panel's quads in order instead of indexing each element.
+void DequantizePanel(const WeightView& w, int64_t p, float* out) {
+  const int64_t K = w.cols, G = q8::Groups(K), rows = std::min(q8::kPanelRows, w.rows - p * q8::kPanelRows);
+  const uint8_t* panel = static_cast<const uint8_t*>(w.data) + p * q8::PanelBytes(K);
+  float* o = out + p * q8::kPanelRows * K;
+  for (int64_t j = 0; j < q8::Quads(K); ++j) {
+    const uint8_t* quad = panel + j * q8::kQuadBytes;
+    const float* s = w.scale + (p * G + j * q8::kQuadCols / q8::kGroupCols) * q8::kPanelRows;
+    const int64_t c0 = j * q8::kQuadCols, n = std::min(q8::kQuadCols, K - c0);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t b = 0; b < n; ++b)
+        o[i * K + c0 + b] = static_cast<float>(static_cast<int>(quad[i * q8::kQuadCols + b]) - 128) * s[i];
+  }
+}
+
+}  // namespace
+
 // The keys form's expansion: per head, W_UKᵀ dequantised once (rows split between the threads), then
 // tiles of keys split between them on the AVX-512 or AVX2 kernel (the default's bits); without AVX2
 // the default.
@@ -410,9 +430,13 @@ void CpuBackend::ExpandKeys(const WeightView* uk_t, int64_t H, const float* late
   const bool parallel = n * R * dk >= (int64_t{1} << 18);
   for (int64_t h = 0; h < H; ++h) {
     const WeightView& w = uk_t[h];
-    ParallelFor(R, parallel, [&](int64_t r) {
-      for (int64_t d = 0; d < dk; ++d) up[r * dk + d] = w.At(r, d);
-    });
+    if (w.dtype == DType::kQ8Panel) {  // WeightView::At's values, a panel of 16 rows at a time
+      ParallelFor(q8::Panels(R), parallel, [&](int64_t p) { DequantizePanel(w, p, up); });
+    } else {
+      ParallelFor(R, parallel, [&](int64_t r) {
+        for (int64_t d = 0; d < dk; ++d) up[r * dk + d] = w.At(r, d);
+      });
+    }
     float* o = out + h * out_head_stride;
     ParallelFor(tiles, parallel, [&](int64_t i) {
       const int64_t j0 = i * mla::avx2::kExpandRows, rows = std::min(mla::avx2::kExpandRows, n - j0);
