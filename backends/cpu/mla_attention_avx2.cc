@@ -598,7 +598,8 @@ static_assert(kValuesTileTokens >= kRegisterTokens, "a tile holds at least one r
 // in key order, so every output has the same bits as the token alone. wide: the keys form's scores
 // and the weighted sum on the AVX-512 kernels (avx512k; the same bits).
 template <bool kRound>
-MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool wide) {
+MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool wide,
+                              const KeyPairs* pairs) {
   const int64_t W = a.cache.kv_rank + a.cache.rope_dim, H = a.n_heads, dv = a.v_dim;
   const int64_t groups = (H + 7) / 8, ldst = groups * 8, ldj = nt * ldst, qstride = groups * W * 8;
   const bool keys_form = a.keys != nullptr;
@@ -607,7 +608,9 @@ MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0
     n = std::max<int64_t>(n, a.n_keys[t0 + k]);
     if (!keys_form) TransposeQueries<kRound>(a, t0 + k, sc.qt.data() + k * qstride);
   }
+  const KeysIsa isa = pairs ? KeysIsa::kDpBf16 : wide ? KeysIsa::kAvx512 : KeysIsa::kAvx2;
   if (keys_form) TransposeKeyQueries(a, t0, nt, kRound, sc.qk.data());
+  if (keys_form && isa == KeysIsa::kDpBf16) avx512k::PairQueries(sc.qk.data(), H, a.k_dim + a.cache.rope_dim);
   std::fill(a.out + t0 * H * dv, a.out + (t0 + nt) * H * dv, 0.0f);
   std::fill(sc.max.begin(), sc.max.end(), -INFINITY);
   std::fill(sc.sum.begin(), sc.sum.end(), 0.0f);
@@ -633,8 +636,9 @@ MOERUN_AVX2 void AttendTokens(Scratch& sc, const MlaAttentionArgs& a, int64_t t0
       }
     };
     if (keys_form) {
-      ScoreKeysBlock(a, sc.qk.data(), nt, a.token_pages[t0], a.keys[t0], b0, nb, kRound, wide, sc.kr.data(),
-                     sc.sh.data(), sc.st.data(), ldst, ldj);
+      ScoreKeysBlock(a, sc.qk.data(), nt, a.token_pages[t0], a.keys[t0], b0, nb, kRound, isa,
+                     pairs ? pairs->base[t0] + b0 * (a.k_dim + a.cache.rope_dim) / 2 : nullptr,
+                     pairs ? pairs->keys[t0] : 0, sc.kr.data(), sc.sh.data(), sc.st.data(), ldst, ldj);
       softmax_tokens([](int64_t, float*) {});
     } else {
       WithBlock(sc, form, a.cache, a.token_pages[t0], b0, nb, [&](const auto& keys) MOERUN_AVX2 {
@@ -733,8 +737,8 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
   return true;
 }
 
-bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round, bool wide) {
-  if (nt < 1 || nt > kValuesTileTokens) return false;
+bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round, bool wide, const KeyPairs* pairs) {
+  if (nt < 1 || nt > kValuesTileTokens || (pairs && !(a.keys && wide && avx512k::DpScores(a, round)))) return false;
   int64_t n = 0;
   for (int64_t k = 0; k < nt; ++k) n = std::max<int64_t>(n, a.n_keys[t0 + k]);
   if (!Prepare(tls_scratch, a.n_heads, a.cache.kv_rank + a.cache.rope_dim, n, nt)) return false;
@@ -748,7 +752,7 @@ bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round,
       return false;
     }
   }
-  (round ? AttendTokens<true> : AttendTokens<false>)(tls_scratch, a, t0, nt, wide);
+  (round ? AttendTokens<true> : AttendTokens<false>)(tls_scratch, a, t0, nt, wide, pairs);
   return true;
 }
 

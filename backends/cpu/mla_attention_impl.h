@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "backends/backend.h"
 
@@ -100,6 +101,15 @@ inline float RoundBf16(float x) { return Bf16ToF32(F32ToBf16(x)); }
 // wide (with avx2): the keys form's AVX-512 kernels (avx512k); only where CpuFeatures::avx512.
 void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool wide, bool round, bool parallel);
 
+// The keys form's keys as bf16 pairs for the scores on vdpbf16ps (avx512k::PackKeyPairsOf), made once
+// per call for all of its tiles: token t's sequence has head h's key j at base[t] + (h·keys[t] + j)·
+// (k_dim + rope_dim)/2 words, the pair (c, c + 1) of [K[j, h], k^R_j] with c in the high half.
+struct KeyPairs {
+  std::vector<uint32_t> words;
+  std::vector<const uint32_t*> base;  // [n_tokens]
+  std::vector<int64_t> keys;          // [n_tokens]
+};
+
 namespace avx2 {
 // The latent path on AVX2 + FMA (mla_attention_avx2.cc), for CPUs without AVX-512 and for bf16
 // precision without AMX-BF16: keys [j0, j1) of
@@ -115,9 +125,11 @@ bool AttendLatent(const MlaAttentionArgs& a, int64_t t, int64_t j0, int64_t j1, 
 // keys of V2-Lite); 512 tokens at 4096 keys took 0.85x the time of tiles of 6 (2 threads; tiles of
 // 12 took 5-8% longer than 24, and 48 no less; AMD EPYC test host).
 inline constexpr int64_t kValuesTileTokens = 24;
-// wide: the keys form's AVX-512 kernels (avx512k below; the same bits). Call with it only when
+// wide: the keys form's AVX-512 kernels (avx512k below; the same bits), its scores on vdpbf16ps where
+// pairs is given (avx512k::PackKeyPairsOf; only at bf16 precision). Call with wide only when
 // CpuFeatures::avx512.
-bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round, bool wide);
+bool AttendValues(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool round, bool wide,
+                  const KeyPairs* pairs = nullptr);
 // The weighted sum's register tiles: o_t[i0, i0 + 16) += Σ_{j < nj} p_t[j·ldj] v_j[i0, i0 + 16) for 2 to
 // kRegisterTokens tokens t (p[t], o[t]) of one head (v_j = v + j·dv); line j of pf prefetched with key j.
 inline constexpr int64_t kRegisterTokens = 6;
@@ -137,10 +149,13 @@ void TransposeKeyQueries(const MlaAttentionArgs& a, int64_t t0, int64_t nt, bool
 // nb·rope_dim floats, sh for n_heads·nb·kKeyLanes. With round, K is rounded to bf16 (unless
 // keys_bf16_exact) and so are an f32 cache's rope keys (a bf16 cache's are bf16 already). A token's
 // scores are the same bits in any tile.
-// wide: the AVX-512 register tiles where nt > 8 (the same bits).
+// isa: the AVX2 register tiles, the AVX-512 ones where nt > 8, or avx512k::ScoreHeadsDp on the tokens'
+// key pairs kp (head h's key j at kp + (h·kp_keys + j)·(k_dim + rope_dim)/2) with qk paired
+// (avx512k::PairQueries); the same bits (see there).
+enum class KeysIsa { kAvx2, kAvx512, kDpBf16 };
 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages, const float* keys,
-                    int64_t b0, int64_t nb, bool round, bool wide, float* kr, float* sh, float* st, int64_t ldst,
-                    int64_t ldj);
+                    int64_t b0, int64_t nb, bool round, KeysIsa isa, const uint32_t* kp, int64_t kp_keys, float* kr,
+                    float* sh, float* st, int64_t ldst, int64_t ldj);
 // A register tile of the scores: out[j·kKeyLanes + lane] for its lanes (tokens) and keys j, from the
 // transposed queries q, the expanded keys k (+ j·dk) and the rope keys kr (+ j·dr); `wide` for `keys`
 // keys at a time, `one` for one.
@@ -149,6 +164,9 @@ struct ScoreTiles {
   int keys;
   ScoreTileFn wide, one;
 };
+// The rope keys of keys [b0, b0 + nb) as f32 rows kr[j·rope_dim + c]: a bf16 cache's exactly, an f32
+// cache's rounded to bf16 with round.
+void RopeKeys(const LatentCacheView& cache, const int32_t* pages, int64_t b0, int64_t nb, bool round, float* kr);
 // Backend::ExpandKeys for one head and `rows` keys: out[j·dk + d] = Σ_r lat[j·ldl + r] · u[r·dk + d],
 // u the head's dequantised W_UKᵀ [R, dk]; register tiles of kExpandRows keys × 16 columns, each lane
 // one chain of FMAs over r in order (the default's bits).
@@ -169,6 +187,20 @@ avx2::ScoreTiles ScoreKeysTiles(int64_t nt, bool round_k);
 // The weighted sum's kernel for nt tokens (2 <= nt <= kRegisterTokens, else null); round: the value
 // rows rounded to bf16; full: all 16 lanes inside dv.
 avx2::ValuesTokensFn ValuesTokensKernel(int64_t nt, bool round, bool full);
+// Whether the scores go on vdpbf16ps (ScoreHeadsDp): at bf16 precision (round), k_dim and rope_dim even,
+// and the CPU has AVX512_BF16.
+bool DpScores(const MlaAttentionArgs& a, bool round);
+// avx2::TransposeKeyQueries's rows (bf16 numbers) as bf16 pairs, in place: row r of the pairs, at
+// qk + r·kKeyLanes as 32-bit words, holds rows 2r (high halves) and 2r + 1 (low halves).
+void PairQueries(float* qk, int64_t H, int64_t Wq);
+// The key pairs of every sequence of a (keys form; DpScores), up to the most keys any of its tokens
+// sees, K rounded to bf16 with round_k (an f32 cache's rope keys always); by all threads when parallel.
+// Throws std::bad_alloc.
+void PackKeyPairsOf(const MlaAttentionArgs& a, bool round_k, bool parallel, KeyPairs* p);
+// ScoreKeysBlock's per-head sums sh[(h·nb + j)·kKeyLanes + k] on vdpbf16ps, for nb keys from the paired
+// queries (PairQueries) and the key pairs at kp (as ScoreKeysBlock's, from the block's first key).
+void ScoreHeadsDp(const MlaAttentionArgs& a, const float* qk, int64_t nt, const uint32_t* kp, int64_t kp_keys,
+                  int64_t nb, float* sh);
 }  // namespace avx512k
 
 // The values path on AMX-BF16 (mla_values_amx.cc), for Precision::kBF16: queries, keys, values and

@@ -106,29 +106,37 @@ MOERUN_AVX2 void TransposeKeyQueries(const MlaAttentionArgs& a, int64_t t0, int6
     }
 }
 
-MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages,
-                                const float* keys, int64_t b0, int64_t nb, bool round, bool wide, float* kr,
-                                float* sh, float* st, int64_t ldst, int64_t ldj) {
-  const int64_t H = a.n_heads, dk = a.k_dim, dr = a.cache.rope_dim, R = a.cache.kv_rank, Wq = dk + dr;
-  // The block's rope keys as f32 rows (a bf16 cache's exactly; an f32 cache's rounded at bf16).
+MOERUN_AVX2 void RopeKeys(const LatentCacheView& cache, const int32_t* pages, int64_t b0, int64_t nb, bool round,
+                          float* kr) {
+  const int64_t R = cache.kv_rank, dr = cache.rope_dim;
   for (int64_t j = 0; j < nb; ++j) {
     float* dst = kr + j * dr;
-    if (a.cache.bf16()) {
-      const uint16_t* src = a.cache.RowBf16(pages, b0 + j) + R;
+    if (cache.bf16()) {
+      const uint16_t* src = cache.RowBf16(pages, b0 + j) + R;
       for (int64_t c = 0; c < dr; ++c) dst[c] = Bf16ToF32(src[c]);
     } else {
-      const float* src = a.cache.Row(pages, b0 + j) + R;
+      const float* src = cache.Row(pages, b0 + j) + R;
       for (int64_t c = 0; c < dr; ++c) dst[c] = round ? RoundBf16(src[c]) : src[c];
     }
   }
+}
+
+MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages,
+                                const float* keys, int64_t b0, int64_t nb, bool round, KeysIsa isa,
+                                const uint32_t* kp, int64_t kp_keys, float* kr, float* sh, float* st, int64_t ldst,
+                                int64_t ldj) {
+  const int64_t H = a.n_heads, dk = a.k_dim, dr = a.cache.rope_dim, Wq = dk + dr;
+  if (isa != KeysIsa::kDpBf16) RopeKeys(a.cache, pages, b0, nb, round, kr);
   // Per head, the sums in sh[(h·nb + j)·kKeyLanes + k] (contiguous stores; written into st per head,
   // one float per token and key, the block's 96 KiB of st left L1 between heads).
   const int nv = static_cast<int>((nt + 7) / 8);
   const bool round_k = round && !a.keys_bf16_exact;
-  const ScoreTiles tiles = wide && nv > 1 ? avx512k::ScoreKeysTiles(nt, round_k)
-                                          : ScoreTiles{kTileKeys[nv - 1], kWide[round_k][nv - 1], kOne[round_k][nv - 1]};
+  const ScoreTiles tiles = isa == KeysIsa::kAvx512 && nv > 1
+                               ? avx512k::ScoreKeysTiles(nt, round_k)
+                               : ScoreTiles{kTileKeys[nv - 1], kWide[round_k][nv - 1], kOne[round_k][nv - 1]};
   const int tile = tiles.keys;
-  for (int64_t h = 0; h < H; ++h) {
+  if (isa == KeysIsa::kDpBf16) avx512k::ScoreHeadsDp(a, qk, nt, kp, kp_keys, nb, sh);
+  for (int64_t h = 0; isa != KeysIsa::kDpBf16 && h < H; ++h) {
     const float* q = qk + h * Wq * kKeyLanes;
     const float* kh = keys + h * a.k_head_stride + b0 * dk;
     float* out = sh + h * nb * kKeyLanes;

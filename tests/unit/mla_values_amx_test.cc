@@ -230,14 +230,33 @@ TEST(MlaValuesAvx2, MatchesModel) {
 // a tile (a token with none, counts out of order, a count on a 64-key block boundary), and dv with a
 // partial 16-wide slice. Where the CPU has AVX-512, the tiles also run on the keys form's AVX-512
 // kernels (avx512k; wide), which must give the same bits as the AVX2 kernels alone.
+// The case's values and expanded keys rounded to bf16, with its token pointers moved into them: what
+// values_bf16_exact and keys_bf16_exact promise.
+struct RoundedInputs {
+  std::vector<float> values, keys;
+  std::vector<const float*> token_values, token_keys;
+  explicit RoundedInputs(const ValuesCase& c) : values(c.values), keys(c.keys) {
+    for (float& v : values) v = Bf16ToF32(F32ToBf16(v));
+    for (float& k : keys) k = Bf16ToF32(F32ToBf16(k));
+    for (const float* v : c.token_values) token_values.push_back(values.data() + (v - c.values.data()));
+    for (const float* k : c.token_keys) token_keys.push_back(keys.data() + (k - c.keys.data()));
+  }
+};
+
+// The kernels of a tile run: the AVX2 ones, the AVX-512 ones (wide), and with AVX512_BF16 the scores of
+// the keys form at bf16 precision on vdpbf16ps (wide with the key pairs).
+enum class TileKernels { kAvx2, kAvx512, kDpBf16 };
+
 void ExpectTilesEqualTokensAlone(std::vector<ValuesCase>& cases) {
-  std::vector<bool> widths{false};
-  if (cpu::CpuFeatures::Detect().avx512) widths.push_back(true);
+  std::vector<TileKernels> kernels{TileKernels::kAvx2};
+  if (cpu::CpuFeatures::Detect().avx512) kernels.push_back(TileKernels::kAvx512);
+  if (cpu::q8::DetectSupport().avx512_bf16) kernels.push_back(TileKernels::kDpBf16);
   cases[1].n_keys[3] = 0;
   std::swap(cases[1].n_keys[6], cases[1].n_keys[9]);
   cases[2].n_keys[4] = 64;  // ends on a block boundary among counts of 121-129
   for (size_t ci = 0; ci < cases.size(); ++ci) {
     const ValuesCase& c = cases[ci];
+    const RoundedInputs rounded(c);
     std::vector<uint16_t> bf16_rows(c.pool.size());
     for (size_t i = 0; i < c.pool.size(); ++i) bf16_rows[i] = F32ToBf16(c.pool[i]);
     for (int form = 0; form < 3; ++form)
@@ -250,26 +269,44 @@ void ExpectTilesEqualTokensAlone(std::vector<ValuesCase>& cases) {
         }
         a.values_bf16_exact = exact_values;
         a.keys_bf16_exact = exact_values && c.dk > 0;
+        if (exact_values) {
+          a.values = rounded.token_values.data();
+          if (c.dk > 0) a.keys = rounded.token_keys.data();
+        }
         const std::string what = "case " + std::to_string(ci) + ", form " + std::to_string(form) +
                                  (exact_values ? ", values as bf16" : "") + (c.dk > 0 ? ", keys form" : "");
         std::vector<float> alone(c.T * c.H * c.dv, test::kSentinel);
         a.out = alone.data();
         for (int64_t t = 0; t < c.T; ++t) ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t, 1, round, false)) << what;
-        for (bool wide : widths)
+        for (TileKernels k : kernels) {
+          const bool wide = k != TileKernels::kAvx2;
+          cpu::mla::KeyPairs pairs;
+          if (k == TileKernels::kDpBf16) {
+            if (!(c.dk > 0 && cpu::mla::avx512k::DpScores(a, round))) continue;  // the AVX-512 run covers it
+            cpu::mla::avx512k::PackKeyPairsOf(a, !a.keys_bf16_exact, false, &pairs);
+          }
+          const std::string kind = k == TileKernels::kAvx2     ? ""
+                                   : k == TileKernels::kAvx512 ? ", AVX-512 kernels"
+                                                               : ", AVX-512 kernels, scores on vdpbf16ps";
           for (int64_t nt = 2; nt <= cpu::mla::avx2::kValuesTileTokens; ++nt) {
             std::vector<float> tiled(alone.size() + 64, test::kSentinel);
             a.out = tiled.data();
             for (int64_t t0 = 0; t0 < c.T; t0 += nt)
-              ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t0, std::min(nt, c.T - t0), round, wide)) << what;
+              ASSERT_TRUE(cpu::mla::avx2::AttendValues(a, t0, std::min(nt, c.T - t0), round, wide,
+                                                       k == TileKernels::kDpBf16 ? &pairs : nullptr))
+                  << what << kind;
             EXPECT_EQ(std::memcmp(tiled.data(), alone.data(), alone.size() * sizeof(float)), 0)
-                << what << ", tiles of " << nt << (wide ? ", AVX-512 kernels" : "");
+                << what << ", tiles of " << nt << kind;
             for (size_t i = alone.size(); i < tiled.size(); ++i) ASSERT_EQ(tiled[i], test::kSentinel) << what;
           }
+        }
       }
   }
   MlaAttentionArgs a = cases[0].Args();
   EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, 0, true, false));
   EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, cpu::mla::avx2::kValuesTileTokens + 1, true, false));
+  const cpu::mla::KeyPairs none;
+  EXPECT_FALSE(cpu::mla::avx2::AttendValues(a, 0, 1, true, true, &none));  // key pairs without the keys form
 }
 
 std::vector<ValuesCase> TileCases(std::mt19937& rng) {
