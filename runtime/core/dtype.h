@@ -56,6 +56,19 @@ inline uint16_t F32ToBf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// p[i] = Bf16ToF32(F32ToBf16(p[i])) for i < n, without branches so that the loop vectorises.
+inline void RoundToBf16InPlace(float* p, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t x;
+    std::memcpy(&x, p + i, 4);
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) & 0xffff0000u;
+    const uint32_t quiet = (x | 0x00400000u) & 0xffff0000u;  // NaN stays NaN, as F32ToBf16
+    x = (x & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+    std::memcpy(p + i, &x, 4);
+  }
+}
+
 inline float F16ToF32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;

@@ -207,7 +207,10 @@ void Session::RunMla(const GraphNode& n, const float* x, float* y, int64_t T) {
     // rounded here once, the kernels may skip it (the same numbers: rounding twice changes nothing).
     const bool bf16 = be.precision() == Precision::kBF16;
     auto round_bf16 = [](float* p, int64_t n) {
-      ParallelFor(n, n >= (1 << 18), [&](int64_t i) { p[i] = Bf16ToF32(F32ToBf16(p[i])); });
+      constexpr int64_t kChunk = 4096;
+      ParallelFor((n + kChunk - 1) / kChunk, n >= (1 << 18), [&](int64_t c) {
+        RoundToBf16InPlace(p + c * kChunk, std::min(kChunk, n - c * kChunk));
+      });
     };
     for (int64_t h0 = 0; h0 < H; h0 += per_pass) {
       const int64_t hg = std::min(per_pass, H - h0);

@@ -30,6 +30,31 @@ using test::ValuesCase;
 
 bool HaveAmxBf16() { return test::HaveAmxBf16("bf16 kv cache"); }
 
+// RoundToBf16InPlace (the values path's rounding of V and K at bf16 precision) gives F32ToBf16's
+// numbers: ties to even both ways, the largest finite values (to inf or not), infinities, signed
+// zeros, subnormals and NaNs (kept NaN), and random values, over lengths that leave a vector tail.
+TEST(Bf16Rounding, InPlaceEqualsF32ToBf16) {
+  std::vector<uint32_t> bits = {0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x7f7fffffu, 0x7f7f7fffu, 0xff7fffffu,
+                                0x7f800000u, 0xff800000u, 0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu,
+                                0x7f800001u, 0xffc00000u, 0x7fbfffffu, 0x7fffffffu};
+  std::mt19937 rng(5);
+  for (int i = 0; i < 1000; ++i) bits.push_back(static_cast<uint32_t>(rng()));
+  for (size_t n : {bits.size(), bits.size() - 3}) {
+    std::vector<float> x(n);
+    std::memcpy(x.data(), bits.data(), n * sizeof(float));
+    RoundToBf16InPlace(x.data(), static_cast<int64_t>(n));
+    for (size_t i = 0; i < n; ++i) {
+      float want;
+      std::memcpy(&want, &bits[i], 4);
+      want = Bf16ToF32(F32ToBf16(want));
+      uint32_t got_bits, want_bits;
+      std::memcpy(&got_bits, &x[i], 4);
+      std::memcpy(&want_bits, &want, 4);
+      EXPECT_EQ(got_bits, want_bits) << std::hex << "input 0x" << bits[i];
+    }
+  }
+}
+
 TEST(Bf16KvCache, StoresRowsRoundedToNearestEven) {
   const int64_t R = 40, P = 8, W = R + P;
   LatentKvCache f32, bf16;
