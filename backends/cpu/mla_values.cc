@@ -387,18 +387,20 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool wide, boo
   }
   const int64_t n_tiles = static_cast<int64_t>(tile_start.size());
   tile_start.push_back(T);
-  // The keys form at bf16 precision on AVX512_BF16: the keys as bf16 pairs once for all tiles.
-  KeyPairs pairs;
-  const bool dp = avx2 && wide && a.keys && avx512k::DpScores(a, round);
-  if (dp) avx512k::PackKeyPairsOf(a, !a.keys_bf16_exact, parallel, &pairs);
+  // The keys form at bf16 precision on AVX512_BF16: the keys as bf16 pairs once for all tiles, in a
+  // buffer kept between calls (a new one each call cost a page fault per 4 KiB: 3 MiB a layer for a
+  // 512-token V2-Lite prompt). The calling thread's: the parallel region below reads it through `pairs`
+  // (a name of a thread_local there would be each thread's own).
+  thread_local KeyPairs kept;
+  KeyPairs* const pairs = avx2 && wide && a.keys && avx512k::DpScores(a, round) ? &kept : nullptr;
+  if (pairs) avx512k::PackKeyPairsOf(a, !a.keys_bf16_exact, parallel, pairs);
   std::vector<uint8_t> failed(static_cast<size_t>(n_tiles), 0);
 #pragma omp parallel for schedule(dynamic, 1) if (parallel && n_tiles > 1)
   for (int64_t i = n_tiles - 1; i >= 0; --i) {
     bool done = false;
     try {
       done = avx     ? AttendTileValues(a, tile_start[i], tile_start[i + 1] - tile_start[i])
-             : avx2  ? avx2::AttendValues(a, tile_start[i], tile_start[i + 1] - tile_start[i], round, wide,
-                                          dp ? &pairs : nullptr)
+             : avx2  ? avx2::AttendValues(a, tile_start[i], tile_start[i + 1] - tile_start[i], round, wide, pairs)
              : round ? AttendValuesScalar<true>(a, tile_start[i])
                      : AttendValuesScalar<false>(a, tile_start[i]);
     } catch (const std::exception&) {
