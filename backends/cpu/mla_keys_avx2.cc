@@ -121,31 +121,43 @@ MOERUN_AVX2 void RopeKeys(const LatentCacheView& cache, const int32_t* pages, in
   }
 }
 
-MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages,
-                                const float* keys, int64_t b0, int64_t nb, bool round, KeysIsa isa,
-                                const uint32_t* kp, int64_t kp_keys, float* kr, float* sh, float* st, int64_t ldst,
-                                int64_t ldj) {
+namespace {
+
+// Per head, the sums in sh[(h·nb + j)·kKeyLanes + k] on the FMA register tiles (AVX-512 ones with wide
+// where nt > 8): contiguous stores; written into st per head, one float per token and key, the
+// block's 96 KiB of st left L1 between heads.
+MOERUN_AVX2 void ScoreHeads(const MlaAttentionArgs& a, const float* qk, int64_t nt, const float* keys, int64_t b0,
+                            int64_t nb, bool round_k, bool wide, const float* kr, float* sh) {
   const int64_t H = a.n_heads, dk = a.k_dim, dr = a.cache.rope_dim, Wq = dk + dr;
-  if (isa != KeysIsa::kDpBf16) RopeKeys(a.cache, pages, b0, nb, round, kr);
-  // Per head, the sums in sh[(h·nb + j)·kKeyLanes + k] (contiguous stores; written into st per head,
-  // one float per token and key, the block's 96 KiB of st left L1 between heads).
   const int nv = static_cast<int>((nt + 7) / 8);
-  const bool round_k = round && !a.keys_bf16_exact;
-  const ScoreTiles tiles = isa == KeysIsa::kAvx512 && nv > 1
-                               ? avx512k::ScoreKeysTiles(nt, round_k)
-                               : ScoreTiles{kTileKeys[nv - 1], kWide[round_k][nv - 1], kOne[round_k][nv - 1]};
-  const int tile = tiles.keys;
-  if (isa == KeysIsa::kDpBf16) avx512k::ScoreHeadsDp(a, qk, nt, kp, kp_keys, nb, sh);
-  for (int64_t h = 0; isa != KeysIsa::kDpBf16 && h < H; ++h) {
+  const ScoreTiles tiles = wide && nv > 1 ? avx512k::ScoreKeysTiles(nt, round_k)
+                                          : ScoreTiles{kTileKeys[nv - 1], kWide[round_k][nv - 1], kOne[round_k][nv - 1]};
+  for (int64_t h = 0; h < H; ++h) {
     const float* q = qk + h * Wq * kKeyLanes;
     const float* kh = keys + h * a.k_head_stride + b0 * dk;
     float* out = sh + h * nb * kKeyLanes;
     for (int64_t j0 = 0; j0 < nb;) {
-      const int64_t n = nb - j0 >= tile ? tile : 1;
-      (n == tile ? tiles.wide : tiles.one)(q, kh + j0 * dk, dk, kr + j0 * dr, dr, out + j0 * kKeyLanes);
+      const int64_t n = nb - j0 >= tiles.keys ? tiles.keys : 1;
+      (n == tiles.keys ? tiles.wide : tiles.one)(q, kh + j0 * dk, dk, kr + j0 * dr, dr, out + j0 * kKeyLanes);
       j0 += n;
     }
   }
+}
+
+}  // namespace
+
+MOERUN_AVX2 void ScoreKeysBlock(const MlaAttentionArgs& a, const float* qk, int64_t nt, const int32_t* pages,
+                                const float* keys, int64_t b0, int64_t nb, bool round, KeysIsa isa,
+                                const uint32_t* kp, int64_t kp_keys, float* kr, float* sh, float* st, int64_t ldst,
+                                int64_t ldj) {
+  const int64_t H = a.n_heads;
+  if (isa == KeysIsa::kDpBf16) {  // the rope keys are in the pairs already
+    avx512k::ScoreHeadsDp(a, qk, nt, kp, kp_keys, nb, sh);
+  } else {
+    RopeKeys(a.cache, pages, b0, nb, round, kr);
+    ScoreHeads(a, qk, nt, keys, b0, nb, round && !a.keys_bf16_exact, isa == KeysIsa::kAvx512, kr, sh);
+  }
+  const int nv = static_cast<int>((nt + 7) / 8);
   // Then scaled into st[j·ldj + k·ldst + h], 8 tokens × 8 heads at a time transposed in registers.
   const __m256 scale = _mm256_set1_ps(a.scale);
   const int64_t groups = ldst / 8;

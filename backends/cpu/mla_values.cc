@@ -389,8 +389,9 @@ void AttendValues(const MlaAttentionArgs& a, bool avx, bool avx2, bool wide, boo
   tile_start.push_back(T);
   // The keys form at bf16 precision on AVX512_BF16: the keys as bf16 pairs once for all tiles, in a
   // buffer kept between calls (a new one each call cost a page fault per 4 KiB: 3 MiB a layer for a
-  // 512-token V2-Lite prompt). The calling thread's: the parallel region below reads it through `pairs`
-  // (a name of a thread_local there would be each thread's own).
+  // 512-token V2-Lite prompt; it keeps the largest call's size, 25 MiB at 4096 keys). The calling
+  // thread's: the parallel region below reads it through `pairs` (a name of a thread_local there would
+  // be each thread's own).
   thread_local KeyPairs kept;
   KeyPairs* const pairs = avx2 && wide && a.keys && avx512k::DpScores(a, round) ? &kept : nullptr;
   if (pairs) avx512k::PackKeyPairsOf(a, !a.keys_bf16_exact, parallel, pairs);

@@ -236,8 +236,8 @@ struct RoundedInputs {
   std::vector<float> values, keys;
   std::vector<const float*> token_values, token_keys;
   explicit RoundedInputs(const ValuesCase& c) : values(c.values), keys(c.keys) {
-    for (float& v : values) v = Bf16ToF32(F32ToBf16(v));
-    for (float& k : keys) k = Bf16ToF32(F32ToBf16(k));
+    RoundToBf16InPlace(values.data(), static_cast<int64_t>(values.size()));
+    RoundToBf16InPlace(keys.data(), static_cast<int64_t>(keys.size()));
     for (const float* v : c.token_values) token_values.push_back(values.data() + (v - c.values.data()));
     for (const float* k : c.token_keys) token_keys.push_back(keys.data() + (k - c.keys.data()));
   }

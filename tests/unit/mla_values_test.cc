@@ -305,7 +305,6 @@ void ExpandKeysCases(const cpu::CpuBackend& cpu, const std::string& variant, std
     }
 }
 
-
 TEST(MlaValuesPath, CpuExpandKeysGivesTheDefaultsBits) {
   std::mt19937 rng(28);
   for (const CpuVariant& v : CpuVariants()) ExpandKeysCases(cpu::CpuBackend(Precision::kBF16, v.features), v.name, rng);
