@@ -132,22 +132,34 @@ void Tile(const Args& a, int64_t m0, int64_t p) {
   }
 }
 
-// All M rows against panels p..p+PT: 8-row tiles while the panels stay in cache, then the rest.
-// Four panels at a time run only for M <= kFourStreamRows (Range), so only their tiles of up to 4 rows exist.
 template <int PT>
-void Panels(const Args& a, int64_t M, int64_t p) {
-  constexpr int kRows = PT >= 4 ? 4 : 8;
-  int64_t m = 0;
-  for (; m + kRows <= M; m += kRows) Tile<kRows, PT>(a, m, p);
-  switch (M - m) {
-    case 7: if constexpr (kRows > 7) Tile<7, PT>(a, m, p); break;
-    case 6: if constexpr (kRows > 6) Tile<6, PT>(a, m, p); break;
-    case 5: if constexpr (kRows > 5) Tile<5, PT>(a, m, p); break;
+void RowTile(const Args& a, int64_t rows, int64_t m, int64_t p) {
+  switch (rows) {
+    case 8: if constexpr (PT < 4) Tile<8, PT>(a, m, p); break;
+    case 7: if constexpr (PT < 4) Tile<7, PT>(a, m, p); break;
+    case 6: if constexpr (PT < 4) Tile<6, PT>(a, m, p); break;
+    case 5: if constexpr (PT < 4) Tile<5, PT>(a, m, p); break;
     case 4: Tile<4, PT>(a, m, p); break;
     case 3: Tile<3, PT>(a, m, p); break;
     case 2: Tile<2, PT>(a, m, p); break;
     case 1: Tile<1, PT>(a, m, p); break;
     default: break;
+  }
+}
+
+// All M rows against panels p..p+PT while the panels stay in cache, in as few tiles of at most kRows
+// rows as hold them, of sizes that differ by one at most: each tile streams the panels from L2 once,
+// and a tile of 1-3 rows does that for few products (M = 41 ran as 8, 8, 8, 8, 8, 1 and runs as 7, 7,
+// 7, 7, 7, 6). Every row's arithmetic is the same whatever tile holds it.
+template <int PT>
+void Panels(const Args& a, int64_t M, int64_t p) {
+  constexpr int kRows = PT >= 4 ? 4 : 8;
+  const int64_t tiles = CeilDiv(M, kRows), rows = M / tiles, longer = M % tiles;
+  int64_t m = 0;
+  for (int64_t i = 0; i < tiles; ++i) {
+    const int64_t r = rows + (i < longer ? 1 : 0);
+    RowTile<PT>(a, r, m, p);
+    m += r;
   }
 }
 
