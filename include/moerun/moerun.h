@@ -169,6 +169,9 @@ MOERUN_API void moerun_session_options_init(moerun_session_options* options);
 /* A session holds a paged latent KV cache and the sequences in it. The model must outlive it. */
 MOERUN_API moerun_status moerun_session_create(const moerun_model* model, const moerun_session_options* options,
                                                moerun_session** out_session);
+/* Frees the session and its KV cache. Its activation scratch (the buffers its largest batch grew)
+ * stays with the model for the next session created on it, one session's worth at most, and is freed
+ * by moerun_model_destroy. */
 MOERUN_API void moerun_session_destroy(moerun_session* session);
 
 /* A batch of tokens from one or more sequences (prefill and decode may be mixed). Token i is appended

@@ -43,4 +43,29 @@ void ScratchFloats::Grow(size_t n) {
   align_ = align;
 }
 
+size_t ScratchSet::floats() const {
+  size_t n = 0;
+  for (const ScratchFloats& b : buffers) n += b.size();
+  return n;
+}
+
+std::unique_ptr<ScratchSet> ScratchPool::Take() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::move(kept_);
+}
+
+void ScratchPool::Give(std::unique_ptr<ScratchSet> set) {
+  if (!set) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!kept_ || kept_->floats() < set->floats()) kept_.swap(set);
+  }
+  set.reset();  // the smaller set, freed outside the lock
+}
+
+size_t ScratchPool::kept_floats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kept_ ? kept_->floats() : 0;
+}
+
 }  // namespace moerun

@@ -53,7 +53,7 @@ void EmbeddingRow(const EmbeddingTable& t, int64_t id, float* out) {
 }  // namespace
 
 float* Session::Scratch(size_t slot, size_t floats) {
-  ScratchFloats& v = scratch_[kBufferOf[slot]];
+  ScratchFloats& v = scratch(kBufferOf[slot]);
   v.Grow(floats);  // may throw bad_alloc: Decode turns it into a status
   return v.data();
 }
@@ -63,8 +63,8 @@ void Session::Forward(int64_t T) {
   const Backend& be = model_->backend();
   const int64_t D = c.hidden_size;
   for (const GraphNode& n : model_->nodes()) {
-    float* in = buffers_[n.in].data();
-    float* out = buffers_[n.out].data();
+    float* in = buffer(n.in).data();
+    float* out = buffer(n.out).data();
     switch (n.op) {
       case fb::Op::Embedding:
         for (int64_t t = 0; t < T; ++t) EmbeddingRow(n.table, tokens_[t], out + t * D);

@@ -17,6 +17,9 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   std::unique_ptr<Session> s(new (std::nothrow) Session(std::move(model)));
   if (!s) return OutOfMemory("allocating a session");
   s->options_ = options;
+  s->mem_ = s->model_->scratch_pool().Take();
+  if (!s->mem_) s->mem_.reset(new (std::nothrow) ScratchSet);
+  if (!s->mem_) return OutOfMemory("allocating a session");
   const ModelConfig& c = s->model_->config();
   MOERUN_RETURN_IF_ERROR(s->cache_.Init(c.num_layers, c.kv_lora_rank, c.qk_rope_head_dim, options.kv_capacity,
                                         options.max_sequences, s->model_->backend().Bf16LatentCache()));
@@ -38,6 +41,10 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
     return OutOfMemory("allocating session buffers");
   }
   return s;
+}
+
+Session::~Session() {
+  if (mem_) model_->scratch_pool().Give(std::move(mem_));
 }
 
 Status Session::Decode(const Batch& b) {
@@ -91,7 +98,7 @@ Status Session::Decode(const Batch& b) {
   std::vector<uint32_t> old_length;
   try {
     old_length.resize(static_cast<size_t>(n_seq));
-    for (auto& buf : buffers_) buf.Grow(static_cast<size_t>(T) * c.hidden_size);
+    for (size_t i = 0; i < kActivationBuffers; ++i) buffer(i).Grow(static_cast<size_t>(T) * c.hidden_size);
     // Last: if it fails, resize has left the previous decode's logits as they were.
     logits_.resize(static_cast<size_t>(n_out) * c.vocab_size);
   } catch (const std::bad_alloc&) {

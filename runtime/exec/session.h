@@ -34,6 +34,7 @@ class Session {
  public:
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model, const SessionOptions& options);
   static constexpr size_t kScratchSlots = 11;  // executor.cc's scratch buffers (kBufferOf)
+  ~Session();
 
   // Appends the batch to its sequences and computes the requested logits. On failure the sequences
   // are as before the call; a batch rejected before the forward pass (invalid, KV cache full, no
@@ -74,8 +75,13 @@ class Session {
   std::vector<int64_t> out_row_;  // batch index -> logits row or -1
   std::vector<int64_t> pending_out_row_;  // out_row_ of the batch being validated
   std::vector<float> logits_;     // [n_out, vocab]
-  std::array<ScratchFloats, 3> buffers_;  // activation buffers 0..2, [T, D]
-  std::array<ScratchFloats, kScratchSlots> scratch_;
+  // Activation buffers 0..2 ([T, D]), then the executor's scratch slots: taken from the model's
+  // ScratchPool when it holds a set, given back to it by the destructor.
+  static constexpr size_t kActivationBuffers = 3;
+  static_assert(kActivationBuffers + kScratchSlots <= ScratchSet::kBuffers, "ScratchSet is too small");
+  ScratchFloats& buffer(size_t i) { return mem_->buffers[i]; }
+  ScratchFloats& scratch(size_t i) { return mem_->buffers[kActivationBuffers + i]; }
+  std::unique_ptr<ScratchSet> mem_;
   std::vector<int32_t> route_experts_;
   std::vector<float> route_weights_;
   std::vector<int64_t> expert_offset_;   // [E + 1]: first slot of each expert

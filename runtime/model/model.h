@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/backend.h"
+#include "runtime/core/aligned_buffer.h"
 #include "runtime/format/model_file.h"
 #include "runtime/model/config.h"
 
@@ -99,6 +100,8 @@ class Model {
   // least kNotedFileBytes (smaller ones fit in caches). Thread-safe.
   static constexpr uint64_t kNotedFileBytes = uint64_t{64} << 20;
   void NotePageSizes() const;
+  // Where a destroyed session leaves its scratch for the next session on this model.
+  ScratchPool& scratch_pool() const { return scratch_pool_; }
 
  private:
   Model() = default;
@@ -106,6 +109,7 @@ class Model {
 
   std::shared_ptr<ModelFile> file_;
   mutable std::atomic<bool> pages_noted_{false};
+  mutable ScratchPool scratch_pool_;
   std::unique_ptr<Backend> backend_;
   std::vector<GraphNode> nodes_;
   std::vector<GraphNode> mtp_nodes_;

@@ -1,5 +1,6 @@
-// Session scratch: ScratchFloats (grown, never zero-filled, huge-page advised when large) and the
-// executor's independence from whatever an earlier batch left in it.
+// Session scratch: ScratchFloats (grown, never zero-filled, huge-page advised when large), the
+// executor's independence from whatever an earlier batch left in it, and ScratchPool (a destroyed
+// session's scratch kept for the next session on the model).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -162,6 +163,73 @@ TEST(ScratchFloats, ReusedSessionGivesFreshSessionBits) {
       }
     }
   }
+}
+
+TEST(ScratchPool, KeepsTheLargerSetUntilTaken) {
+  ScratchPool pool;
+  EXPECT_EQ(pool.Take(), nullptr);
+  EXPECT_EQ(pool.kept_floats(), 0u);
+  auto set_of = [](size_t floats) {
+    auto set = std::make_unique<ScratchSet>();
+    set->buffers[0].Grow(floats);
+    set->buffers[5].Grow(floats);
+    return set;
+  };
+  std::unique_ptr<ScratchSet> small = set_of(100), big = set_of(5000);
+  const size_t small_floats = small->floats(), big_floats = big->floats();
+  const float* big_data = big->buffers[5].data();
+  pool.Give(std::move(small));
+  EXPECT_EQ(pool.kept_floats(), small_floats);
+  pool.Give(std::move(big));  // replaces the smaller one
+  EXPECT_EQ(pool.kept_floats(), big_floats);
+  pool.Give(set_of(10));  // smaller: freed, the big one stays
+  pool.Give(nullptr);
+  EXPECT_EQ(pool.kept_floats(), big_floats);
+  std::unique_ptr<ScratchSet> taken = pool.Take();
+  ASSERT_NE(taken, nullptr);
+  EXPECT_EQ(taken->buffers[5].data(), big_data);  // the same memory, not a copy
+  EXPECT_EQ(pool.kept_floats(), 0u);
+  EXPECT_EQ(pool.Take(), nullptr);
+}
+
+// A destroyed session leaves its scratch to the next session on the model (already grown, holding
+// the destroyed one's values); that session gives the bits of the model's first session.
+TEST(ScratchPool, NextSessionTakesTheDestroyedOnesScratch) {
+  std::vector<int32_t> first(90), second(45);
+  for (size_t i = 0; i < first.size(); ++i) first[i] = static_cast<int32_t>((i * 41 + 7) % 96);
+  for (size_t i = 0; i < second.size(); ++i) second[i] = static_cast<int32_t>((i * 29 + 3) % 96);
+  const std::string path = testing::TempDir("scratch_pool") + "/tiny.moerun";
+  const Status st = testing::WriteTinyModel(path, testing::TinyModelOptions{});
+  ASSERT_TRUE(st.ok()) << st.message();
+  auto f = ModelFile::Open(path, VerifyOptions{});
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  auto m = Model::Create(f.value(), "cpu", Precision::kBF16, 2);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  ScratchPool& pool = m.value()->scratch_pool();
+  EXPECT_EQ(pool.kept_floats(), 0u);
+  const std::vector<float> first_session = SecondPromptLogits(m.value(), {}, second);
+  ASSERT_FALSE(first_session.empty());
+  const size_t kept = pool.kept_floats();
+  EXPECT_GT(kept, 0u);
+  {
+    // A longer prompt in a session that takes the kept set: the set grows, and it is the session's
+    // while the session lives.
+    SessionOptions so;
+    so.kv_capacity = 128;
+    so.max_batch_tokens = 128;
+    auto s = Session::Create(m.value(), so);
+    ASSERT_TRUE(s.ok()) << s.status().message();
+    EXPECT_EQ(pool.kept_floats(), 0u);
+    Batch b;
+    b.n_tokens = static_cast<int64_t>(first.size());
+    b.tokens = first.data();
+    const Status d = s.value()->Decode(b);
+    ASSERT_TRUE(d.ok()) << d.message();
+  }
+  EXPECT_GT(pool.kept_floats(), kept);
+  const std::vector<float> pooled = SecondPromptLogits(m.value(), {}, second);
+  ASSERT_EQ(pooled.size(), first_session.size());
+  EXPECT_EQ(std::memcmp(pooled.data(), first_session.data(), pooled.size() * sizeof(float)), 0);
 }
 
 }  // namespace
