@@ -3,7 +3,9 @@
 // value rows of the values tile (AccumulateValuesTokens of mla_attention_avx2.cc). Each lane of each
 // kernel is the same chain of fused multiply-adds, in the same order, as in the AVX2 kernel it
 // replaces, so the results are the same bits; only more lanes go per instruction:
-//   expansion: register tiles of kExpandRows keys × 32 columns (two zmm) instead of × 16 (two ymm);
+//   expansion: register tiles of kExpandRows keys × 64 columns (four zmm: 24 accumulators, ten loads
+//     per 24 products; with two zmm, eight per 12, the expansion took 1.2x the samples in a 512-token
+//     prompt), then 32 and 16, instead of × 16 (two ymm);
 //   scores: a column of the transposed queries is one zmm (tokens 0-15) and, past 16 tokens, one ymm
 //     (16-23), instead of one to three ymm;
 //   values: a 16-column slice of a value row is one zmm instead of two ymm.
@@ -45,22 +47,22 @@ MOERUN_AVX512 void ExpandTile(const float* lat, int64_t ldl, const float* u, int
   __m512 acc[MR][NZ];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int z = 0; z < NZ; ++z) acc[i][z] = _mm512_setzero_ps();
   for (int64_t r = 0; r < R; ++r) {
     __m512 uz[NZ];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int z = 0; z < NZ; ++z) uz[z] = _mm512_loadu_ps(u + r * dk + d0 + 16 * z);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const __m512 b = _mm512_set1_ps(lat[i * ldl + r]);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int z = 0; z < NZ; ++z) acc[i][z] = _mm512_fmadd_ps(b, uz[z], acc[i][z]);
     }
   }
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int z = 0; z < NZ; ++z) _mm512_storeu_ps(out + i * ldo + d0 + 16 * z, acc[i][z]);
 }
 
@@ -234,10 +236,11 @@ avx2::ValuesTokensFn TokensKernel(int64_t nt) {
 
 MOERUN_AVX512 void ExpandKeysRows(const float* u, int64_t R, int64_t dk, const float* lat, int64_t ldl, int64_t rows,
                                   float* out) {
-  const int64_t pairs = dk / 32 * 32, full = dk / 16 * 16;
+  const int64_t fours = dk / 64 * 64, pairs = dk / 32 * 32, full = dk / 16 * 16;
   for (int64_t j0 = 0; j0 < rows; j0 += avx2::kExpandRows) {
     const int64_t mr = rows - j0 < avx2::kExpandRows ? rows - j0 : avx2::kExpandRows;
-    for (int64_t d0 = 0; d0 < pairs; d0 += 32) kExpand<2>[mr](lat + j0 * ldl, ldl, u, R, dk, d0, out + j0 * dk, dk);
+    for (int64_t d0 = 0; d0 < fours; d0 += 64) kExpand<4>[mr](lat + j0 * ldl, ldl, u, R, dk, d0, out + j0 * dk, dk);
+    for (int64_t d0 = fours; d0 < pairs; d0 += 32) kExpand<2>[mr](lat + j0 * ldl, ldl, u, R, dk, d0, out + j0 * dk, dk);
     if (full > pairs) kExpand<1>[mr](lat + j0 * ldl, ldl, u, R, dk, pairs, out + j0 * dk, dk);
     avx2::ExpandKeysTail(u, R, dk, full, lat + j0 * ldl, ldl, mr, out + j0 * dk);
   }

@@ -257,7 +257,8 @@ void ExpandKeysCases(const cpu::CpuBackend& cpu, const std::string& variant, std
   struct Shape {
     int64_t H, R, dk, n;
   };
-  for (const Shape& sh : {Shape{3, 512, 128, 13}, Shape{2, 64, 56, 9}, Shape{2, 48, 40, 7}, Shape{4, 64, 7, 20}})
+  for (const Shape& sh : {Shape{3, 512, 128, 13}, Shape{2, 64, 56, 9}, Shape{2, 48, 40, 7}, Shape{4, 64, 7, 20},
+                          Shape{2, 40, 120, 11}})
     for (bool int8 : {false, true}) {
       std::vector<test::Q8Weight> q8;
       std::vector<std::vector<float>> f32;
