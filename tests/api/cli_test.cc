@@ -115,10 +115,15 @@ TEST(Cli, AutoPrecisionFollowsTheWeights) {
   EXPECT_NE(by_default.out.find("\"precision\": \"bf16\""), std::string::npos) << by_default.out;
   EXPECT_NE(f32.out.find("\"precision\": \"f32\""), std::string::npos) << f32.out;
   EXPECT_EQ(Generated(by_default.out), Generated(bf16.out));
-  const Result bench = RunCli("bench " + model + " --prompt 8 --gen 2 --repeat 1 --probe-mib 32 --threads 1 --json");
+  // Two threads: the GEMM probe's branch that also runs one single-threaded matmul per thread.
+  const Result bench = RunCli("bench " + model + " --prompt 8 --gen 2 --repeat 1 --probe-mib 32 --threads 2 --json");
   ASSERT_EQ(bench.code, 0) << bench.out;
   EXPECT_NE(bench.out.find("\"precision\": \"bf16\""), std::string::npos) << bench.out;
   EXPECT_NE(bench.out.find("\"gemm_probe_used\": \"int8\""), std::string::npos) << bench.out;
+  const std::string key = "\"gemm_peak_probe_int8_gop_per_s\": ";
+  const size_t at = bench.out.find(key);
+  ASSERT_NE(at, std::string::npos) << bench.out;
+  EXPECT_GT(std::strtod(bench.out.c_str() + at + key.size(), nullptr), 0.0) << bench.out;
 }
 
 TEST(Cli, BenchPrintsFigures) {
