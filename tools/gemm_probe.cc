@@ -57,16 +57,19 @@ class Matmul {
   dnnl::matmul prim_;
 };
 
-// Best single run over at least 20 runs and 0.3 s: the host's clock and neighbours vary, and a few
-// milliseconds of probe can land entirely in a slow spell. `run` does `copies` matmuls.
+// A probe keeps the best single run over at least 20 runs and 0.3 s: the host's clock and neighbours
+// vary, and a few milliseconds of probe can land entirely in a slow spell.
+bool Enough(int runs, double seconds) { return runs >= 20 && seconds >= 0.3; }
+
+// Best rate of one matmul `run`.
 template <typename Fn>
-double Best(double copies, Fn run) {
+double Best(Fn run) {
   double best = 0.0;
   const double start = Now();
-  for (int i = 0; i < 20 || Now() - start < 0.3; ++i) {
+  for (int i = 0; !Enough(i, Now() - start); ++i) {
     const double t0 = Now();
     run();
-    best = std::max(best, copies * kOps / (Now() - t0));
+    best = std::max(best, kOps / (Now() - t0));
   }
   return best;
 }
@@ -80,7 +83,7 @@ double Probe(int threads, dnnl::memory::data_type src_t, dnnl::memory::data_type
   try {
     omp_set_num_threads(threads);
     Matmul team(src_t, wei_t, dst_t, elem_bytes);
-    double best = Best(1.0, [&] { team.Run(); });
+    double best = Best([&] { team.Run(); });
     if (threads <= 1) return best;
     bool failed = false, stop = false;
     double apart = 0.0, t0 = 0.0, start = 0.0;
@@ -95,21 +98,27 @@ double Probe(int threads, dnnl::memory::data_type src_t, dnnl::memory::data_type
         failed = true;
       }
       // Rounds of one matmul per thread, all started together; the master times each round (as Best
-      // does one matmul) and decides, between barriers, when to stop.
+      // does one matmul) and decides, between barriers, when to stop. A failure anywhere ends the
+      // rounds at the next barrier and the team's rate stands.
       for (int i = 0;; ++i) {
 #pragma omp barrier
         if (stop || failed) break;
 #pragma omp master
         t0 = Now();
 #pragma omp barrier
-        own->Run();
+        try {  // an exception must not leave the region (it would terminate the process)
+          own->Run();
+        } catch (const std::exception&) {
+#pragma omp critical
+          failed = true;
+        }
 #pragma omp barrier
 #pragma omp master
         {
           const double now = Now();
           apart = std::max(apart, threads * kOps / (now - t0));
           if (i == 0) start = t0;
-          stop = i + 1 >= 20 && now - start >= 0.3;
+          stop = Enough(i + 1, now - start);
         }
       }
     }
