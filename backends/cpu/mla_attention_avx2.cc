@@ -63,14 +63,26 @@ MOERUN_AVX2 inline void Store8(float* p, int64_t n, __m256 v) {
 
 // e^x on 8 lanes for x <= 0 (a score less a running max; -inf gives 0), within ~2 ulp of std::exp
 // down to -87.3; below that (under f32's normal range, 1e-38 of the max) it gives 0. NaN stays NaN.
+// Exp8N: on N vectors in place, interleaved (see ExpReducedN), each with Exp8's bits.
+template <int N>
+MOERUN_AVX2 inline void Exp8N(__m256* x) {
+  __m256 below[N], n[N], p[N];
+#pragma GCC unroll 8
+  for (int k = 0; k < N; ++k) {
+    below[k] = _mm256_cmp_ps(x[k], _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+    x[k] = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x[k]));
+  }
+  ExpReducedN<N>(x, n, p);
+#pragma GCC unroll 8
+  for (int k = 0; k < N; ++k) {
+    // 2^n for n in [-126, 127]: the exponent field directly.
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n[k]), _mm256_set1_epi32(127)), 23);
+    x[k] = _mm256_andnot_ps(below[k], _mm256_mul_ps(p[k], _mm256_castsi256_ps(e)));
+  }
+}
 MOERUN_AVX2 inline __m256 Exp8(__m256 x) {
-  const __m256 below = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
-  __m256 n;
-  const __m256 p = ExpReduced(x, &n);
-  // 2^n for n in [-126, 127]: the exponent field directly.
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(below, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  Exp8N<1>(&x);
+  return x;
 }
 
 // Per token of a values tile (one on the latent path): queries, scores, max and sum.
@@ -486,7 +498,22 @@ MOERUN_AVX2 void Softmax(float* st, int64_t ldst, int64_t nb, int64_t H, bool re
         for (int64_t i = 0; i < dout; i += 8) Store8(o + i, dout - i, _mm256_mul_ps(f, Load8(o + i, dout - i)));
       }
     }
-    for (int64_t j = 0; j < nb; ++j) {
+    // Four keys' exponentials at a time (Exp8N); the sum still adds them in key order.
+    constexpr int kKeys = 4;
+    int64_t j = 0;
+    for (; j + kKeys <= nb; j += kKeys) {
+      __m256 e[kKeys];
+#pragma GCC unroll 4
+      for (int k = 0; k < kKeys; ++k) e[k] = _mm256_sub_ps(_mm256_loadu_ps(st + (j + k) * ldst + g * 8), new_max);
+      Exp8N<kKeys>(e);
+#pragma GCC unroll 4
+      for (int k = 0; k < kKeys; ++k) {
+        if (kRound) e[k] = RoundBf16x8(e[k]);
+        _mm256_storeu_ps(st + (j + k) * ldst + g * 8, e[k]);
+        s = _mm256_add_ps(s, e[k]);
+      }
+    }
+    for (; j < nb; ++j) {
       __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(st + j * ldst + g * 8), new_max));
       if (kRound) e = RoundBf16x8(e);
       _mm256_storeu_ps(st + j * ldst + g * 8, e);
