@@ -1,6 +1,7 @@
 // Conformance of the CPU backend against the scalar reference backend, for both precisions and for
 // each kernel family the machine can run (oneDNN + AVX-512, own AVX-512 kernels only, scalar).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -470,6 +471,36 @@ TEST(CpuBackendOps, MlaAttentionMatchesReference) {
   CheckAttention(MakeAttention(3, 16, {65}, rng));
   CheckAttention(MakeAttention(13, 16, {40}, rng));  // register tiles of 6, 6 and 1 heads (AVX2)
   CheckAttention(MakeAttention(4, 16, {600, 1}, rng));  // decode-sized: keys split into merged spans
+}
+
+// One token over fewer keys than make two spans, on more threads than tokens: the heads are split
+// among the threads (groups of 8 on the AVX2 kernel, 16 on the AVX-512 one, any on the scalar one),
+// which must give the same bits as one thread taking them all, and the reference's values.
+TEST(CpuBackendOps, MlaAttentionHeadGroupsEqualOneThread) {
+  std::mt19937 rng(14);
+  const int threads = omp_get_max_threads();
+  for (int64_t H : {3, 16, 17, 24, 32})
+    for (int32_t n : {1, 40, 127}) {
+      const AttentionCase c = MakeAttention(H, 16, {n}, rng);
+      omp_set_num_threads(std::max(threads, 2));
+      CheckAttention(c);
+      for (Precision p : {Precision::kF32, Precision::kBF16})
+        for (const Variant& v : Variants()) {
+          const CpuBackend be(p, v.features);
+          std::vector<float> one(H * 512, kSentinel), two(H * 512, kSentinel), three(H * 512, kSentinel);
+          omp_set_num_threads(1);
+          be.MlaAttention(c.Args(one.data()));
+          omp_set_num_threads(2);
+          be.MlaAttention(c.Args(two.data()));
+          omp_set_num_threads(3);
+          be.MlaAttention(c.Args(three.data()));
+          const std::string what = std::string(v.name) + " " + PrecisionName(p) + " H " + std::to_string(H) +
+                                   " n_keys " + std::to_string(n);
+          EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0) << what << ", 2 threads";
+          EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0) << what << ", 3 threads";
+        }
+      omp_set_num_threads(threads);
+    }
 }
 
 TEST(CpuBackendOps, MlaAttentionWithoutKeysGivesZeros) {
