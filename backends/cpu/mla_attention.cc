@@ -519,7 +519,7 @@ void CpuBackend::MlaAttention(const MlaAttentionArgs& a) const {
   // whole register groups of heads (8 in the AVX2 kernel, 16 lanes in the AVX-512 one); the tile
   // kernels take all heads of a token together. Before, a decode step under 128 keys ran its
   // attention on one thread while the other waited: on the Zen 1 host (AVX2, 2 threads, V2-Lite's 16
-  // heads) the attention took ~95 us a layer below 64 keys and ~160 at 64-126, now ~61 and ~110;
+  // heads) the attention took 90-101 us a layer below 64 keys and 155-164 at 64-126, now 57-67 and 97-126;
   // moerun_decode_ab over 16-116 keys: 0.989-0.990 of the time (and 1.005-1.008 the other way round).
   const int64_t head_align = kernel == Kernel::kAvx2 ? 8 : kernel == Kernel::kAvx512 ? 16 : 1;
   const int64_t head_groups = spans == 1 && !units_of_tokens && parallel && T < threads
