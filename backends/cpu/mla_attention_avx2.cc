@@ -176,6 +176,11 @@ MOERUN_AVX2 void Scores(const float* qt, int64_t W, const Keys& keys, int64_t j,
 #pragma GCC unroll 2
         for (int g = 0; g < NG; ++g) acc[g][k] = _mm256_fmadd_ps(q1[g], hi, _mm256_fmadd_ps(q0[g], lo, acc[g][k]));
       }
+      // The queries held to here, so that the last key's FMAs accumulate in place: GCC 12 had them
+      // write into the queries' registers and moved two sums back on every column pair. Without those
+      // moves the whole latent path took 0.96 of the time (4096 keys, 16 heads, one thread, Zen 1).
+#pragma GCC unroll 2
+      for (int g = 0; g < NG; ++g) asm volatile("" : : "x"(q0[g]), "x"(q1[g]));
     }
   } else {
     for (int64_t s0 = 0; s0 < W; s0 += kSlice) {
