@@ -108,7 +108,7 @@ int RunInspect(int argc, char** argv) {
               TopkName(c.topk_method), c.n_group, c.topk_group, c.routed_scaling_factor,
               c.norm_topk_prob ? "yes" : "no");
   std::printf("kv cache      %llu bytes per token (f32 latent %u + rope key %u, %u layers; half that in bf16 where "
-              "bf16 attention runs on AMX-BF16)\n",
+              "bf16 attention runs on AMX-BF16 or AVX2)\n",
               static_cast<unsigned long long>(kv_per_token), c.kv_lora_rank, c.qk_rope_head_dim, c.num_layers);
   std::printf("mtp           %s\n", f.graph()->mtp_nodes() && f.graph()->mtp_nodes()->size() ? "stored (not run)" : "none");
   std::printf("\n%-48s %-8s %-22s %12s\n", "tensor", "dtype", "shape", "bytes");

@@ -38,7 +38,7 @@ class ModelInfo:
     max_position_embeddings: int
     bos_token_id: int  # -1 if unknown
     eos_token_id: int  # -1 if unknown
-    kv_bytes_per_token: int  # bf16 rows (half of f32) where bf16 attention runs on AMX-BF16
+    kv_bytes_per_token: int  # bf16 rows (half of f32) where bf16 attention runs on AMX-BF16 or AVX2
     weight_bytes: int
     has_mtp: bool
     precision: str  # "f32" or "bf16": what the model runs at ("auto" resolved at load)
